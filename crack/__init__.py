@@ -1,0 +1,1 @@
+"""Crack classifier library."""

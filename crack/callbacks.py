@@ -1,0 +1,100 @@
+"""Staged unfreezing of the backbone, on Lightning's BaseFinetuning."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import lightning as L
+from lightning.pytorch.callbacks import BaseFinetuning
+from torch import nn
+from torch.optim import Optimizer
+
+log = logging.getLogger(__name__)
+
+# Frozen blocks are in eval mode on purpose (see StagedUnfreezing); Lightning warns about it.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+
+
+@dataclass(frozen=True)
+class Milestone:
+    """At ``epoch``, unfreeze the last ``blocks`` modules of the backbone, at head LR x ``lr_factor``."""
+
+    epoch: int
+    blocks: int
+    lr_factor: float = 0.1
+
+
+def is_frozen(module: nn.Module) -> bool:
+    return not any(p.requires_grad for p in module.parameters())
+
+
+def trainable_parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+class StagedUnfreezing(BaseFinetuning):
+    """Freeze the whole backbone, then unfreeze its top blocks at the given epochs.
+
+    Frozen blocks stay in inference mode: their BatchNorm layers normalise with their running
+    statistics and never update them, so a frozen block computes in training exactly what it
+    computes at evaluation. (Lightning's ``freeze`` alone would leave BatchNorm in train mode,
+    normalising with batch statistics.)
+
+    Args:
+        milestones: ``{epoch, blocks, lr_factor}`` entries; empty keeps the backbone frozen.
+        backbone: name of the LightningModule attribute holding the ``nn.Sequential`` backbone.
+    """
+
+    def __init__(self, milestones: Sequence[dict] = (), backbone: str = "features") -> None:
+        super().__init__()
+        self.milestones = sorted((Milestone(**m) for m in milestones), key=lambda m: m.epoch)
+        self.backbone = backbone
+
+    def _blocks(self, pl_module: L.LightningModule) -> nn.Sequential:
+        return getattr(pl_module, self.backbone)
+
+    def freeze_before_training(self, pl_module: L.LightningModule) -> None:
+        blocks = self._blocks(pl_module)
+        for m in self.milestones:
+            if not 0 < m.blocks <= len(blocks):
+                raise ValueError(f"Milestone {m}: blocks must be in 1..{len(blocks)}")
+        self.freeze(blocks, train_bn=False)
+        self._keep_frozen_in_eval(blocks)
+
+    @staticmethod
+    def _keep_frozen_in_eval(blocks: nn.Sequential) -> None:
+        for block in blocks:
+            if is_frozen(block):
+                block.eval()
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # On resume, BaseFinetuning restores the optimizer's param groups; the blocks unfrozen
+        # before the checkpoint was written must be trainable again too.
+        super().on_fit_start(trainer, pl_module)
+        blocks = self._blocks(pl_module)
+        for m in self.milestones:
+            if m.epoch < trainer.current_epoch:
+                self.make_trainable(blocks[-m.blocks :])
+                blocks[-m.blocks :].train()
+
+    def finetune_function(
+        self, pl_module: L.LightningModule, epoch: int, optimizer: Optimizer
+    ) -> None:
+        blocks = self._blocks(pl_module)
+        for m in self.milestones:
+            if m.epoch != epoch:
+                continue
+            lr = optimizer.param_groups[0]["lr"] * m.lr_factor
+            self.unfreeze_and_add_param_group(blocks[-m.blocks :], optimizer, lr=lr, train_bn=True)
+            blocks[-m.blocks :].train()
+            log.info(
+                "Epoch %d: unfroze the last %d backbone blocks at lr %.2e", epoch, m.blocks, lr
+            )
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self._keep_frozen_in_eval(self._blocks(pl_module))
+        pl_module.log("trainable_params", float(trainable_parameter_count(pl_module)))

@@ -1,0 +1,150 @@
+"""The crack classifier: torchvision's MobileNetV2 backbone with a one-logit head."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import partial
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryConfusionMatrix,
+    BinaryF1Score,
+    BinaryPrecision,
+    BinaryRecall,
+)
+from torchvision.models import mobilenet_v2
+
+from crack.weights import download_torchvision_weights, load_backbone_weights, read_state_dict
+
+log = logging.getLogger(__name__)
+
+FEATURE_CHANNELS = 1280  # MobileNetV2 (width 1.0) output channels
+
+
+def classification_metrics() -> MetricCollection:
+    """Metrics reported on validation and test; inputs are crack probabilities."""
+    return MetricCollection(
+        {
+            "accuracy": BinaryAccuracy(),
+            "precision": BinaryPrecision(),
+            "recall": BinaryRecall(),
+            "f1": BinaryF1Score(),
+            "auroc": BinaryAUROC(),
+        }
+    )
+
+
+class CrackClassifier(L.LightningModule):
+    """MobileNetV2 features -> global average pool -> dropout -> Linear(1280, 1), trained with BCE.
+
+    Args:
+        weights: torchvision weights name for the backbone (``IMAGENET1K_V1``, ``IMAGENET1K_V2``),
+            or None for random init. Ignored when ``weights_path`` is given.
+        weights_path: a local MobileNetV2 state_dict file (full or features-only).
+        dropout: dropout before the final linear layer.
+        pos_weight: optional BCE weight of the crack class (for unbalanced data).
+        optimizer: a partial optimizer taking the parameters (Hydra ``_partial_``); default Adam.
+        scheduler: an optional partial LR scheduler taking the optimizer.
+    """
+
+    def __init__(
+        self,
+        weights: str | None = "IMAGENET1K_V1",
+        weights_path: str | None = None,
+        dropout: float = 0.2,
+        pos_weight: float | None = None,
+        optimizer: Callable | None = None,
+        scheduler: Callable | None = None,
+    ) -> None:
+        super().__init__()
+        # The optimizer and scheduler are not needed to rebuild the model and are not plain data.
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=1e-3)
+        self.scheduler_factory = scheduler
+
+        self.features = mobilenet_v2(weights=None).features
+        if weights_path:
+            load_backbone_weights(self.features, read_state_dict(weights_path), str(weights_path))
+        elif weights:
+            state = download_torchvision_weights(weights)
+            load_backbone_weights(self.features, state, f"torchvision {weights}")
+        else:
+            log.debug("Backbone starts from random init (model.weights=null)")
+
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(FEATURE_CHANNELS, 1),
+        )
+        # Same init as torchvision's classifier.
+        nn.init.normal_(self.head[-1].weight, 0, 0.01)
+        nn.init.zeros_(self.head[-1].bias)
+        self.loss_fn = nn.BCEWithLogitsLoss(
+            pos_weight=None if pos_weight is None else torch.tensor([float(pos_weight)])
+        )
+
+        self.train_accuracy = BinaryAccuracy()
+        self.val_metrics = classification_metrics().clone(prefix="val/")
+        self.test_metrics = classification_metrics().clone(prefix="test/")
+        self.test_confusion = BinaryConfusionMatrix()
+        self.test_confusion_matrix: list[list[int]] | None = None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Crack logits, shape (N,)."""
+        return self.head(self.features(images)).squeeze(1)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        images, labels = batch
+        logits = self(images)
+        loss = self.loss_fn(logits, labels.float())
+        return loss, torch.sigmoid(logits), labels
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        loss, probs, labels = self._step(batch)
+        self.train_accuracy(probs, labels)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/accuracy", self.train_accuracy, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        loss, probs, labels = self._step(batch)
+        self.val_metrics.update(probs, labels)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True)
+        self.log_dict(self.val_metrics, on_epoch=True)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        loss, probs, labels = self._step(batch)
+        self.test_metrics.update(probs, labels)
+        self.test_confusion.update(probs, labels)
+        self.log("test/loss", loss, on_epoch=True)
+        self.log_dict(self.test_metrics, on_epoch=True)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_confusion_matrix = self.test_confusion.compute().tolist()
+        self.test_confusion.reset()
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """Crack probabilities for a batch of images (or of (images, labels))."""
+        images = batch[0] if isinstance(batch, list | tuple) else batch
+        return torch.sigmoid(self(images))
+
+    def configure_optimizers(self):
+        # Frozen parameters (see StagedUnfreezing) join later as their own param groups.
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"},
+        }

@@ -1,0 +1,59 @@
+"""Evaluate a trained checkpoint: python eval.py ckpt=PATH [data.root=OTHER_FOLDER]."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from crack.checkpoint import load_trained_model
+from crack.data import ImageFileDataset, find_classes, index_images
+from crack.metrics import evaluation_metrics, format_metrics
+
+log = logging.getLogger("eval")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> dict:
+    """Evaluate, print a metrics table and write metrics.json into the run directory."""
+    if not cfg.ckpt:
+        raise SystemExit(
+            "ckpt is required: python eval.py ckpt=logs/train/<run>/checkpoints/best.ckpt"
+        )
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    trained = load_trained_model(cfg.ckpt)
+
+    if cfg.data.root:
+        root = Path(cfg.data.root).expanduser().resolve()
+        classes = find_classes(root, cfg.data.positive_class)
+        samples = index_images(root, classes)  # every image, whatever its split
+        log.info(
+            "Evaluating all %d images under %s (crack class %r)", len(samples), root, classes[1]
+        )
+    else:
+        root = trained.root
+        samples = [s for s in trained.samples if s.split == "test"]
+        log.info("Evaluating the test split of %s: %d images", root, len(samples))
+
+    dataset = ImageFileDataset(root, samples, trained.preprocessing.transform())
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
+    trainer = instantiate(cfg.trainer, default_root_dir=run_dir)
+    probs = torch.cat(trainer.predict(trained.model, loader))
+    labels = torch.tensor([s.label for s in samples])
+
+    metrics = evaluation_metrics(probs, labels, cfg.threshold)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(format_metrics(metrics))
+    print(f"Wrote {run_dir / 'metrics.json'}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+import lightning as L
+import pytest
+import torch
+
+from crack.callbacks import StagedUnfreezing, trainable_parameter_count
+from crack.data import CrackDataModule
+from crack.model import CrackClassifier
+
+
+def _model() -> CrackClassifier:
+    torch.manual_seed(0)
+    model = CrackClassifier(weights=None)
+    # Running statistics unlike any batch's, so batch-statistics normalisation would show.
+    for module in model.features.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def _fit(model, dataset, callback, epochs):
+    dm = CrackDataModule(str(dataset), image_size=32, batch_size=8, num_workers=0)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        callbacks=[callback],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(model, datamodule=dm)
+    return trainer
+
+
+def test_frozen_blocks_compute_as_at_inference_and_keep_running_stats(tiny_dataset):
+    model = _model()
+    before = {k: v.clone() for k, v in model.features.state_dict().items()}
+    seen = []
+
+    def record(module, inputs, output):
+        if model.training:
+            bn_training = any(
+                m.training for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)
+            )
+            seen.append((inputs[0].detach().clone(), output.detach().clone(), bn_training))
+
+    model.features.register_forward_hook(record)
+    _fit(model, tiny_dataset, StagedUnfreezing(milestones=[]), epochs=1)
+
+    after = model.features.state_dict()
+    for key, value in before.items():  # weights and BN running stats / batch counters
+        assert torch.equal(value, after[key]), key
+    assert seen, "no training forward passes were recorded"
+    model.eval()
+    with torch.no_grad():
+        for images, output, bn_training in seen:
+            assert not bn_training  # the frozen backbone's BatchNorm ran in inference mode
+            torch.testing.assert_close(model.features(images), output, rtol=0, atol=0)
+
+
+def test_unfreezes_the_last_blocks_at_the_milestone_with_lower_lr(tiny_dataset):
+    model = _model()
+    head_lr = 1e-3
+    frozen_part = {k: v.clone() for k, v in model.features[:17].state_dict().items()}
+    top_at_start = {k: v.clone() for k, v in model.features[17:].state_dict().items()}
+    states = []
+
+    class Spy(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            states.append(
+                {
+                    "groups": len(trainer.optimizers[0].param_groups),
+                    "top_changed": any(
+                        not torch.equal(v, top_at_start[k])
+                        for k, v in pl_module.features[17:].state_dict().items()
+                    ),
+                    "trainable": trainable_parameter_count(pl_module),
+                }
+            )
+
+    callback = StagedUnfreezing(milestones=[{"epoch": 1, "blocks": 2, "lr_factor": 0.1}])
+    dm = CrackDataModule(str(tiny_dataset), image_size=32, batch_size=8, num_workers=0)
+    trainer = L.Trainer(
+        max_epochs=2, callbacks=[callback, Spy()], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+    )  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+
+    head_params = sum(p.numel() for p in model.head.parameters())
+    top_params = sum(p.numel() for p in model.features[17:].parameters())
+    assert states[0] == {"groups": 1, "top_changed": False, "trainable": head_params}
+    assert states[1] == {"groups": 2, "top_changed": True, "trainable": head_params + top_params}
+
+    optimizer = trainer.optimizers[0]
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(head_lr)
+    assert optimizer.param_groups[1]["lr"] == pytest.approx(head_lr * 0.1)
+    new_group = {id(p) for p in optimizer.param_groups[1]["params"]}
+    assert new_group == {id(p) for p in model.features[17:].parameters()}
+    assert all(not p.requires_grad for p in model.features[:17].parameters())
+    for key, value in model.features[:17].state_dict().items():
+        assert torch.equal(value, frozen_part[key]), key
+    assert trainer.callback_metrics["trainable_params"] == head_params + top_params
+
+
+def test_milestone_blocks_are_checked(tiny_dataset):
+    with pytest.raises(ValueError, match="blocks must be in 1..19"):
+        _fit(_model(), tiny_dataset, StagedUnfreezing([{"epoch": 0, "blocks": 40}]), epochs=1)

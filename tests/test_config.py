@@ -1,0 +1,60 @@
+"""Every experiment config composes and builds its objects."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+
+from crack.callbacks import StagedUnfreezing
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def _compose(name, overrides):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose(name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # lets ${hydra:runtime.output_dir} resolve
+    return cfg
+
+
+def test_all_experiments_are_found():
+    assert {"frozen", "finetune", "demo"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes_and_instantiates(experiment, tiny_dataset, tmp_path):
+    cfg = _compose(
+        "train",
+        [f"experiment={experiment}", f"data.root={tiny_dataset}", "model.weights=null",
+         f"hydra.runtime.output_dir={tmp_path}"],
+    )  # fmt: skip
+    instantiate(cfg.data, _convert_="all")
+    model = instantiate(cfg.model, _convert_="all")
+    callbacks = [instantiate(c, _convert_="all") for c in cfg.callbacks.values() if c]
+    instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger))
+    assert model.configure_optimizers() is not None
+    staged = [c for c in callbacks if isinstance(c, StagedUnfreezing)]
+    if experiment == "frozen":
+        assert staged[0].milestones == []
+        assert cfg.callbacks.early_stopping.patience == 3 and cfg.trainer.max_epochs == 15
+    if experiment == "finetune":
+        (milestone,) = staged[0].milestones
+        assert (milestone.blocks, milestone.lr_factor) == (2, 0.1)
+        assert cfg.trainer.max_epochs == 25
+    if experiment == "demo":
+        assert not staged and cfg.model.weights is None
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "plateau"])
+def test_schedulers_compose(scheduler, tmp_path):
+    cfg = _compose("train", [f"model/scheduler={scheduler}", "model.weights=null"])
+    model = instantiate(cfg.model, _convert_="all")
+    assert "lr_scheduler" in model.configure_optimizers()
+
+
+def test_eval_config_composes():
+    cfg = _compose("eval", ["ckpt=some.ckpt"])
+    assert cfg.ckpt == "some.ckpt" and cfg.threshold == 0.5

@@ -1,0 +1,137 @@
+"""train.py and eval.py end to end, as a user runs them (subprocesses, tiny synthetic data)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.models import mobilenet_v2
+
+ROOT = Path(__file__).resolve().parents[1]
+METRICS_KEYS = {"accuracy", "precision", "recall", "f1", "auroc", "num_images", "confusion_matrix"}
+
+
+def run(script: str, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, script, *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2", "TORCH_HOME": "/nonexistent"},
+    )
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def printed_test_metrics(stdout: str) -> dict[str, float]:
+    block = stdout.split("Test metrics of the best checkpoint:")[1]
+    return {k: float(v) for k, v in re.findall(r"^\s+test/(\w+)\s+([\d.]+)$", block, re.M)}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    """A short demo training run on a freshly generated tiny synthetic dataset."""
+    tmp = tmp_path_factory.mktemp("demo")
+    result = run(
+        "train.py", "experiment=demo", f"data.root={tmp / 'data'}",
+        "data.synthetic.n_per_class=30", "data.synthetic.image_size=32", "data.image_size=32",
+        "data.batch_size=16", "trainer.max_epochs=2", f"hydra.run.dir={tmp / 'run'}",
+    )  # fmt: skip
+    (tmp / "stdout.txt").write_text(result.stdout)
+    return tmp
+
+
+def test_train_writes_checkpoints_manifest_and_logs(demo_run):
+    run_dir = demo_run / "run"
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    manifest = (run_dir / "manifest.csv").read_text().splitlines()
+    assert manifest[0] == "path,label,split" and len(manifest) == 61
+    stdout = (demo_run / "stdout.txt").read_text()
+    assert "best.ckpt" in stdout and "tensorboard --logdir" in stdout
+    assert set(printed_test_metrics(stdout)) >= {"accuracy", "precision", "recall", "f1", "auroc"}
+
+
+def test_eval_reproduces_the_test_metrics(demo_run):
+    ckpt = demo_run / "run" / "checkpoints" / "best.ckpt"
+    run("eval.py", f"ckpt={ckpt}", f"hydra.run.dir={demo_run / 'eval'}", "data.num_workers=0")
+    metrics = json.loads((demo_run / "eval" / "metrics.json").read_text())
+    assert set(metrics) == METRICS_KEYS
+    test_rows = [
+        r
+        for r in (demo_run / "run" / "manifest.csv").read_text().splitlines()
+        if r.endswith(",test")
+    ]
+    assert metrics["num_images"] == len(test_rows) == 6
+    assert sum(map(sum, metrics["confusion_matrix"])) == 6
+    printed = printed_test_metrics((demo_run / "stdout.txt").read_text())
+    for name in ("accuracy", "precision", "recall", "f1", "auroc"):
+        assert metrics[name] == pytest.approx(printed[name], abs=1e-4), name
+
+
+def test_eval_on_another_folder_uses_every_image(demo_run, tmp_path):
+    from crack.synthetic import make_dataset
+
+    other = make_dataset(
+        tmp_path / "other",
+        n_per_class=7,
+        image_size=40,
+        seed=5,
+        positive="cracked",
+        negative="not_cracked",
+    )
+    ckpt = demo_run / "run" / "checkpoints" / "best.ckpt"
+    run(
+        "eval.py",
+        f"ckpt={ckpt}",
+        f"data.root={other}",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+        "data.num_workers=0",
+    )
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["num_images"] == 14
+    (tn, fp), (fn, tp) = metrics["confusion_matrix"]
+    assert tp + fn == 7 and tn + fp == 7  # the "cracked" folder is the positive class
+
+
+def test_eval_requires_a_readable_checkpoint(tmp_path):
+    missing = run("eval.py", f"hydra.run.dir={tmp_path}", check=False)
+    assert missing.returncode != 0 and "ckpt is required" in missing.stdout + missing.stderr
+    (tmp_path / "broken.ckpt").write_bytes(b"not a checkpoint")
+    broken = run(
+        "eval.py", f"ckpt={tmp_path / 'broken.ckpt'}", f"hydra.run.dir={tmp_path}", check=False
+    )
+    assert broken.returncode != 0 and "not a readable checkpoint" in broken.stderr
+
+
+def test_finetune_with_local_weights_unfreezes_and_trains(tiny_dataset, tmp_path):
+    torch.save(mobilenet_v2(weights=None).features.state_dict(), tmp_path / "features.pth")
+    features_only = {f"features.{k}": v for k, v in torch.load(tmp_path / "features.pth").items()}
+    torch.save(features_only, tmp_path / "features.pth")
+    run(
+        "train.py", "experiment=finetune", f"data.root={tiny_dataset}", "data.image_size=32",
+        "data.num_workers=0", "data.batch_size=16", f"model.weights_path={tmp_path / 'features.pth'}",
+        "head_epochs=1", "trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'run'}",
+    )  # fmt: skip
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    groups = ckpt["optimizer_states"][0]["param_groups"]
+    assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(groups[0]["lr"] * 0.1)
+
+
+def test_train_without_data_root_explains(tmp_path):
+    result = run("train.py", "experiment=frozen", f"hydra.run.dir={tmp_path}", check=False)
+    assert result.returncode != 0 and "data.root is not set" in result.stderr
+
+
+def test_train_offline_weights_error_names_the_fix(tiny_dataset, tmp_path):
+    result = run("train.py", f"data.root={tiny_dataset}", f"hydra.run.dir={tmp_path}", check=False)
+    assert result.returncode != 0
+    assert "model.weights_path" in result.stderr and "mobilenet_v2-b0353104.pth" in result.stderr
