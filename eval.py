@@ -32,8 +32,8 @@ def main(cfg: DictConfig) -> dict:
 
     if cfg.data.root:
         root = Path(cfg.data.root).expanduser().resolve()
-        classes = find_classes(root, cfg.data.positive_class)
-        samples = index_images(root, classes)  # every image, whatever its split
+        classes = find_classes(root, cfg.data.positive_class, cfg.data.classes)
+        samples, _ = index_images(root, classes)  # every readable image, whatever its split
         log.info(
             "Evaluating all %d images under %s (crack class %r)", len(samples), root, classes[1]
         )

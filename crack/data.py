@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -12,28 +13,45 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from crack.classes import class_names_by_label, detect_positive_class
-from crack.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Augmentation, Preprocessing, load_rgb
-from crack.splits import SPLITS, Sample, stratified_split, write_manifest
+from crack.files import (
+    BAD_FILE_POLICIES,
+    IGNORED_FOLDERS,
+    IMAGE_EXTENSIONS,
+    check_images,
+    describe_kinds,
+    handle_bad_files,
+    list_files,
+    list_images,
+)
+from crack.preprocessing import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MAX_IMAGE_PIXELS,
+    Augmentation,
+    Preprocessing,
+    load_rgb,
+)
+from crack.splits import (
+    CONFLICT_POLICIES,
+    SPLITS,
+    Sample,
+    group_ids,
+    handle_conflicts,
+    identical_but_different,
+    stratified_split,
+    write_manifest,
+)
 from crack.synthetic import ensure_dataset
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files below ``folder`` (recursive, hidden files and folders skipped), sorted."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
-
 
 def _class_folders(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and p.name not in IGNORED_FOLDERS
+    )
 
 
 def has_split_folders(root: Path) -> bool:
@@ -41,21 +59,66 @@ def has_split_folders(root: Path) -> bool:
     return all((root / split).is_dir() for split in SPLITS)
 
 
-def find_classes(root: Path, positive_class: str | None = None) -> list[str]:
-    """The class folder names of ``root``, ordered by label: [negative, positive (crack)]."""
+def _choose_class_folders(
+    folder: Path, names: list[str], classes: Sequence[str] | None
+) -> list[str]:
+    """The two class folders to use, or an error naming ``folder`` and the fix."""
+    if classes is not None:
+        if len(classes) != 2 or len(set(classes)) != 2:
+            raise ValueError(f"data.classes must name 2 class folders, got {list(classes)}.")
+        missing = [name for name in classes if name not in names]
+        if missing:
+            raise ValueError(
+                f"data.classes={list(classes)}: no folder {missing} under {folder} "
+                f"(its class folders: {names})."
+            )
+        return list(classes)
+    if not names:
+        loose = len(list_images(folder))
+        raise ValueError(
+            f"data.root={str(folder)!r} holds no class folders"
+            + (f" ({loose} images lie directly in it)" if loose else "")
+            + ": put the photos into one subfolder per class, e.g. "
+            f"{folder / 'Positive'} (cracks) and {folder / 'Negative'} (intact)."
+        )
+    if len(names) == 1:
+        raise ValueError(
+            f"{folder} holds a single class folder {names}: a crack classifier needs two, "
+            "one of photos with cracks and one without. Add the other class folder."
+        )
+    if len(names) > 2:
+        raise ValueError(
+            f"{folder} holds {len(names)} class folders {names}, expected 2 (crack and no "
+            f"crack). Name the two to use, e.g. data.classes=[{names[0]},{names[1]}]."
+        )
+    return names
+
+
+def find_classes(
+    root: Path, positive_class: str | None = None, classes: Sequence[str] | None = None
+) -> list[str]:
+    """The class folder names of ``root``, ordered by label: [negative, positive (crack)].
+
+    ``classes`` picks two folders when there are more; the crack class among them is still
+    told from the names (or ``positive_class``), never from their order.
+    """
     if not root.is_dir():
         raise FileNotFoundError(
             f"data.root={str(root)!r} is not a folder. Point data.root at your images."
         )
     if has_split_folders(root):
         per_split = {split: _class_folders(root / split) for split in SPLITS}
-        if len({tuple(v) for v in per_split.values()}) != 1:
+        if classes is None and len({tuple(v) for v in per_split.values()}) != 1:
             raise ValueError(
                 f"train/, val/ and test/ under {root} hold different class folders: {per_split}"
             )
-        names = per_split["train"]
+        chosen = [
+            _choose_class_folders(root / split, folders, classes)
+            for split, folders in per_split.items()
+        ]
+        names = chosen[0]
     else:
-        names = _class_folders(root)
+        names = _choose_class_folders(root, _class_folders(root), classes)
     return class_names_by_label(names, detect_positive_class(names, positive_class))
 
 
@@ -64,44 +127,137 @@ def index_images(
     classes: Sequence[str],
     split: Sequence[float] = (0.8, 0.1, 0.1),
     split_seed: int = 0,
-) -> list[Sample]:
-    """Every image under ``root`` with its label and split (ready-made split folders win)."""
-    if has_split_folders(root):
-        samples = [
-            Sample(path.relative_to(root).as_posix(), label, split_name)
-            for split_name in SPLITS
-            for label, name in enumerate(classes)
-            for path in list_images(root / split_name / name)
-        ]
-    else:
-        paths, labels = [], []
-        for label, name in enumerate(classes):
-            found = [p.relative_to(root).as_posix() for p in list_images(root / name)]
-            paths += found
-            labels += [label] * len(found)
-        samples = stratified_split(paths, labels, split, split_seed)
-    for label, name in enumerate(classes):
-        if not any(s.label == label for s in samples):
+    group_pattern: str | None = None,
+    on_conflict: str = "error",
+    on_bad_file: str = "skip",
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
+) -> tuple[list[Sample], dict]:
+    """Every readable image under ``root`` with its label, content hash and split, and a summary.
+
+    Ready-made split folders win. Otherwise byte-identical files, and files of one group
+    (``group_pattern``), are kept within one split. Unreadable files are skipped or stop the run
+    (``on_bad_file``); files stored under both classes stop it or are dropped (``on_conflict``).
+    The summary (plain types) counts what was found, merged, dropped and where it went.
+    """
+    given = has_split_folders(root)
+    folders = [
+        (split_name, label, root / split_name / name if split_name else root / name)
+        for split_name in (SPLITS if given else [""])
+        for label, name in enumerate(classes)
+    ]
+    found: list[tuple[Path, int, str]] = []
+    skipped: list[Path] = []
+    for split_name, label, folder in folders:
+        images, others = list_files(folder)
+        skipped += others
+        if not images:
             raise ValueError(
-                f"Class folder {name!r} under {root} holds no images ({IMAGE_EXTENSIONS})."
+                f"Class folder {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+                + (f", only {describe_kinds(others)}" if others else "")
+                + ". Add images, or name the two class folders to use with data.classes=[a,b]."
             )
-    return samples
+        found += [(path, label, split_name) for path in images]
+    log.info("Found %d image files under %s", len(found), root)
+    if skipped:
+        log.info("Skipped %d non-image files: %s", len(skipped), describe_kinds(skipped))
+
+    checked = check_images([path for path, _, _ in found], max_image_pixels)
+    bad = {path.relative_to(root).as_posix(): reason for path, reason in checked.bad.items()}
+    handle_bad_files(bad, on_bad_file)
+    kept = [
+        (path.relative_to(root).as_posix(), label, split_name, checked.sha256[path])
+        for path, label, split_name in found
+        if path in checked.sha256
+    ]
+    paths, labels, _, hashes = zip(*kept, strict=True) if kept else ((), (), (), ())
+    conflicts = identical_but_different(paths, hashes, labels)
+    dropped = handle_conflicts(conflicts, on_conflict)
+    kept = [k for k in kept if k[0] not in dropped]
+    for label, name in enumerate(classes):
+        if not any(k[1] == label for k in kept):
+            raise ValueError(
+                f"None of the images of class folder {name!r} under {root} is usable "
+                "(see the unreadable or conflicting files above)."
+            )
+
+    paths, labels, given_splits, hashes = zip(*kept, strict=True)
+    if given:
+        samples = [Sample(*k) for k in kept]
+        leaks = identical_but_different(paths, hashes, given_splits)
+        if leaks:
+            log.warning(
+                "%d images are in more than one of the given train/val/test folders:\n%s",
+                len(leaks),
+                "\n".join("  " + " = ".join(files) for files in leaks),
+            )
+        groups = [""] * len(kept)
+    else:
+        # The group id is looked for in the path below the class folder (the file name).
+        groups = (
+            group_ids([p.split("/", 1)[1] for p in paths], group_pattern)
+            if group_pattern
+            else [""] * len(kept)
+        )
+        samples = stratified_split(paths, labels, split, split_seed, hashes, groups)
+
+    duplicate_files = len(kept) - len(set(hashes))
+    duplicate_sets = sum(n > 1 for n in Counter(hashes).values())
+    log.info(
+        "%d files are byte-identical copies of another (%d sets), each set kept in one split",
+        duplicate_files,
+        duplicate_sets,
+    )
+    if group_pattern and not given:
+        log.info(
+            "data.group_pattern=%r: %d groups, %d files without a group id (each on its own)",
+            group_pattern,
+            len(set(groups) - {""}),
+            groups.count(""),
+        )
+    summary = {
+        "files_found": len(found),
+        "non_image_files_skipped": len(skipped),
+        "bad_files": bad,
+        "duplicate_files": duplicate_files,
+        "duplicate_sets": duplicate_sets,
+        "conflicts": conflicts,
+        "conflict_files_dropped": len(dropped),
+        "group_pattern": group_pattern,
+        "groups": len(set(groups) - {""}),
+        "split_source": "folders" if given else f"fractions {list(split)}, seed {split_seed}",
+        "splits": {
+            split_name: {
+                name: sum(s.split == split_name and s.label == label for s in samples)
+                for label, name in enumerate(classes)
+            }
+            for split_name in SPLITS
+        },
+    }
+    return samples, summary
 
 
 class ImageFileDataset(Dataset):
     """Images listed by path relative to ``root``, returned as (tensor, label)."""
 
-    def __init__(self, root: str | Path, samples: Sequence[Sample], transform) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        samples: Sequence[Sample],
+        transform,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
+    ) -> None:
         self.root = Path(root)
         self.samples = list(samples)
         self.transform = transform
+        self.max_image_pixels = max_image_pixels
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         sample = self.samples[index]
-        return self.transform(load_rgb(self.root / sample.path)), sample.label
+        image = load_rgb(self.root / sample.path, self.max_image_pixels)
+        return self.transform(image), sample.label
 
 
 class CrackDataModule(L.LightningDataModule):
@@ -115,8 +271,13 @@ class CrackDataModule(L.LightningDataModule):
         self,
         root: str | None,
         positive_class: str | None = None,
+        classes: Sequence[str] | None = None,
         split: Sequence[float] = (0.8, 0.1, 0.1),
         split_seed: int = 0,
+        group_pattern: str | None = None,
+        on_conflict: str = "error",
+        on_bad_file: str = "skip",
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
         image_size: int = 224,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
@@ -133,6 +294,12 @@ class CrackDataModule(L.LightningDataModule):
                 "data.root is not set: give the folder of your images, e.g. "
                 "data.root=/data/concrete, or run experiment=demo for built-in synthetic data."
             )
+        for option, value, allowed in (
+            ("on_conflict", on_conflict, CONFLICT_POLICIES),
+            ("on_bad_file", on_bad_file, BAD_FILE_POLICIES),
+        ):
+            if value not in allowed:
+                raise ValueError(f"data.{option}={value!r} is not one of {list(allowed)}.")
         self.save_hyperparameters()
         self.root = Path(root).expanduser().resolve()
         self.preprocessing = Preprocessing(
@@ -140,6 +307,7 @@ class CrackDataModule(L.LightningDataModule):
         )
         self.classes: list[str] | None = None
         self.samples: list[Sample] | None = None
+        self.summary: dict | None = None  # what index_images found, merged and dropped
 
     def prepare_data(self) -> None:
         if self.hparams.synthetic:
@@ -149,9 +317,17 @@ class CrackDataModule(L.LightningDataModule):
         """Find the images, pick the crack class and split; a no-op once done (or restored)."""
         if self.samples is not None:
             return
-        self.classes = find_classes(self.root, self.hparams.positive_class)
-        self.samples = index_images(
-            self.root, self.classes, self.hparams.split, self.hparams.split_seed
+        hp = self.hparams
+        self.classes = find_classes(self.root, hp.positive_class, hp.classes)
+        self.samples, self.summary = index_images(
+            self.root,
+            self.classes,
+            hp.split,
+            hp.split_seed,
+            hp.group_pattern,
+            hp.on_conflict,
+            hp.on_bad_file,
+            hp.max_image_pixels,
         )
         counts = Counter((s.split, s.label) for s in self.samples)
         log.info(
@@ -167,27 +343,36 @@ class CrackDataModule(L.LightningDataModule):
         return [s for s in self.samples if s.split == split]
 
     def write_manifest(self, path: str | Path) -> None:
-        """Write the split (relative path, label, split) as CSV."""
+        """Write the split as CSV (path, label, split, sha256, group) and its summary next to it
+        as JSON (files found, skipped, duplicates, conflicts, groups, per-split counts)."""
         assert self.samples is not None, "call setup() first"
         write_manifest(self.samples, path)
+        Path(path).with_suffix(".json").write_text(json.dumps(self.summary, indent=2) + "\n")
 
     def state_dict(self) -> dict:
         return {
             "root": str(self.root),
             "classes": self.classes,
             "preprocessing": self.preprocessing.to_dict(),
-            "manifest": [[s.path, s.label, s.split] for s in self.samples or []],
+            "manifest": [s.to_row() for s in self.samples or []],
+            "summary": self.summary,
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.classes = state_dict["classes"]
-        self.samples = [Sample(p, int(label), split) for p, label, split in state_dict["manifest"]]
+        self.samples = [Sample.from_row(row) for row in state_dict["manifest"]]
+        self.summary = state_dict.get("summary")
 
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         samples = self.split_samples(split)
         if not samples:
             raise ValueError(f"The {split} split is empty: add images or change data.split.")
-        dataset = ImageFileDataset(self.root, samples, self.preprocessing.transform(train=train))
+        dataset = ImageFileDataset(
+            self.root,
+            samples,
+            self.preprocessing.transform(train=train),
+            self.hparams.max_image_pixels,
+        )
         workers = self.hparams.num_workers
         return DataLoader(
             dataset,

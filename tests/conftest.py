@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,3 +40,31 @@ def _no_download(monkeypatch):
 
     monkeypatch.setattr("torch.hub.load_state_dict_from_url", offline)
     monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", offline)
+
+
+def write_png(path: Path, pixels: np.ndarray, size: tuple[int, int] | None = None) -> Path:
+    """Write a 16-bit RGB PNG of ``pixels`` (uint16, (h, w, 3)) by hand: Pillow cannot save one.
+
+    ``size`` (w, h) overrides the size in the header, to fake a huge image in a tiny file.
+    """
+    height, width, _ = pixels.shape
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", *(size or (width, height)), 16, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+    return path
+
+
+@pytest.fixture
+def png16():
+    """:func:`write_png`, for tests that need a 16-bit RGB PNG or a fake huge one."""
+    return write_png

@@ -54,7 +54,7 @@ def test_train_writes_checkpoints_manifest_and_logs(demo_run):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert list(run_dir.glob("events.out.tfevents.*"))
     manifest = (run_dir / "manifest.csv").read_text().splitlines()
-    assert manifest[0] == "path,label,split" and len(manifest) == 61
+    assert manifest[0] == "path,label,split,sha256,group" and len(manifest) == 61
     stdout = (demo_run / "stdout.txt").read_text()
     assert "best.ckpt" in stdout and "tensorboard --logdir" in stdout
     assert set(printed_test_metrics(stdout)) >= {"accuracy", "precision", "recall", "f1", "auroc"}
@@ -68,7 +68,7 @@ def test_eval_reproduces_the_test_metrics(demo_run):
     test_rows = [
         r
         for r in (demo_run / "run" / "manifest.csv").read_text().splitlines()
-        if r.endswith(",test")
+        if r.split(",")[2] == "test"
     ]
     assert metrics["num_images"] == len(test_rows) == 6
     assert sum(map(sum, metrics["confusion_matrix"])) == 6
