@@ -35,9 +35,12 @@ from crack.splits import (
     CONFLICT_POLICIES,
     SPLITS,
     Sample,
+    count_by_split,
+    duplicates_and_groups,
     group_ids,
     handle_conflicts,
     identical_but_different,
+    leaks_between_given_splits,
     stratified_split,
     write_manifest,
 )
@@ -122,6 +125,32 @@ def find_classes(
     return class_names_by_label(names, detect_positive_class(names, positive_class))
 
 
+def _image_files(root: Path, classes: Sequence[str]) -> tuple[list[tuple[Path, int, str]], int]:
+    """(path, label, given split or "") of every image file, and the number of other files.
+
+    Stops if a class folder holds no image file.
+    """
+    given = SPLITS if has_split_folders(root) else ("",)
+    found, skipped = [], []
+    for split_name in given:
+        for label, name in enumerate(classes):
+            folder = root / split_name / name
+            images, others = list_files(folder)
+            skipped += others
+            if not images:
+                raise ValueError(
+                    f"Class folder {folder} holds no images "
+                    f"({', '.join(sorted(IMAGE_EXTENSIONS))})"
+                    + (f", only {describe_kinds(others)}" if others else "")
+                    + ". Add images, or name the two class folders to use with data.classes=[a,b]."
+                )
+            found += [(path, label, split_name) for path in images]
+    log.info("Found %d image files under %s", len(found), root)
+    if skipped:
+        log.info("Skipped %d non-image files: %s", len(skipped), describe_kinds(skipped))
+    return found, len(skipped)
+
+
 def index_images(
     root: Path,
     classes: Sequence[str],
@@ -139,99 +168,51 @@ def index_images(
     (``on_bad_file``); files stored under both classes stop it or are dropped (``on_conflict``).
     The summary (plain types) counts what was found, merged, dropped and where it went.
     """
-    given = has_split_folders(root)
-    folders = [
-        (split_name, label, root / split_name / name if split_name else root / name)
-        for split_name in (SPLITS if given else [""])
-        for label, name in enumerate(classes)
-    ]
-    found: list[tuple[Path, int, str]] = []
-    skipped: list[Path] = []
-    for split_name, label, folder in folders:
-        images, others = list_files(folder)
-        skipped += others
-        if not images:
-            raise ValueError(
-                f"Class folder {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
-                + (f", only {describe_kinds(others)}" if others else "")
-                + ". Add images, or name the two class folders to use with data.classes=[a,b]."
-            )
-        found += [(path, label, split_name) for path in images]
-    log.info("Found %d image files under %s", len(found), root)
-    if skipped:
-        log.info("Skipped %d non-image files: %s", len(skipped), describe_kinds(skipped))
-
+    found, skipped = _image_files(root, classes)
     checked = check_images([path for path, _, _ in found], max_image_pixels)
     bad = {path.relative_to(root).as_posix(): reason for path, reason in checked.bad.items()}
     handle_bad_files(bad, on_bad_file)
-    kept = [
-        (path.relative_to(root).as_posix(), label, split_name, checked.sha256[path])
-        for path, label, split_name in found
+    rows = [
+        (path.relative_to(root).as_posix(), label, given, checked.sha256[path])
+        for path, label, given in found
         if path in checked.sha256
     ]
-    paths, labels, _, hashes = zip(*kept, strict=True) if kept else ((), (), (), ())
-    conflicts = identical_but_different(paths, hashes, labels)
+    conflicts = identical_but_different(
+        [r[0] for r in rows], [r[3] for r in rows], [r[1] for r in rows]
+    )
     dropped = handle_conflicts(conflicts, on_conflict)
-    kept = [k for k in kept if k[0] not in dropped]
+    rows = [r for r in rows if r[0] not in dropped]
     for label, name in enumerate(classes):
-        if not any(k[1] == label for k in kept):
+        if not any(r[1] == label for r in rows):
             raise ValueError(
                 f"None of the images of class folder {name!r} under {root} is usable "
                 "(see the unreadable or conflicting files above)."
             )
 
-    paths, labels, given_splits, hashes = zip(*kept, strict=True)
+    paths, labels, given_splits, hashes = (list(column) for column in zip(*rows, strict=True))
+    groups = [""] * len(rows)
+    given = has_split_folders(root)
     if given:
-        samples = [Sample(*k) for k in kept]
-        leaks = identical_but_different(paths, hashes, given_splits)
-        if leaks:
-            log.warning(
-                "%d images are in more than one of the given train/val/test folders:\n%s",
-                len(leaks),
-                "\n".join("  " + " = ".join(files) for files in leaks),
-            )
-        groups = [""] * len(kept)
+        samples = [Sample(*r) for r in rows]
+        leaks = leaks_between_given_splits(paths, hashes, given_splits)
+        group_pattern = None  # the given split is used as it is
     else:
-        # The group id is looked for in the path below the class folder (the file name).
-        groups = (
-            group_ids([p.split("/", 1)[1] for p in paths], group_pattern)
-            if group_pattern
-            else [""] * len(kept)
-        )
+        leaks = []
+        if group_pattern:
+            # Looked for in the path below the class folder: the file name, or sub/name.
+            groups = group_ids([p.split("/", 1)[1] for p in paths], group_pattern)
         samples = stratified_split(paths, labels, split, split_seed, hashes, groups)
 
-    duplicate_files = len(kept) - len(set(hashes))
-    duplicate_sets = sum(n > 1 for n in Counter(hashes).values())
-    log.info(
-        "%d files are byte-identical copies of another (%d sets), each set kept in one split",
-        duplicate_files,
-        duplicate_sets,
-    )
-    if group_pattern and not given:
-        log.info(
-            "data.group_pattern=%r: %d groups, %d files without a group id (each on its own)",
-            group_pattern,
-            len(set(groups) - {""}),
-            groups.count(""),
-        )
     summary = {
         "files_found": len(found),
-        "non_image_files_skipped": len(skipped),
+        "non_image_files_skipped": skipped,
         "bad_files": bad,
-        "duplicate_files": duplicate_files,
-        "duplicate_sets": duplicate_sets,
         "conflicts": conflicts,
         "conflict_files_dropped": len(dropped),
-        "group_pattern": group_pattern,
-        "groups": len(set(groups) - {""}),
+        "leaks_between_given_splits": leaks,
+        **duplicates_and_groups(hashes, groups, group_pattern),
         "split_source": "folders" if given else f"fractions {list(split)}, seed {split_seed}",
-        "splits": {
-            split_name: {
-                name: sum(s.split == split_name and s.label == label for s in samples)
-                for label, name in enumerate(classes)
-            }
-            for split_name in SPLITS
-        },
+        "splits": count_by_split(samples, classes),
     }
     return samples, summary
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,23 +106,79 @@ def identical_but_different(
     )
 
 
+def _listing(sets: list[list[str]]) -> str:
+    return "\n".join("  " + " = ".join(files) for files in sets)
+
+
 def handle_conflicts(conflicts: list[list[str]], on_conflict: str) -> set[str]:
     """Stop on label conflicts (``on_conflict=error``) or return their files to drop (``drop``)."""
     if not conflicts:
         return set()
-    listing = "\n".join("  " + " = ".join(files) for files in conflicts)
     if on_conflict == "error":
         raise ValueError(
             f"{len(conflicts)} image(s) are stored, byte for byte, under both classes:\n"
-            f"{listing}\nFix their labels, or drop them with data.on_conflict=drop."
+            f"{_listing(conflicts)}\nFix their labels, or drop them with data.on_conflict=drop."
         )
     dropped = {path for files in conflicts for path in files}
     log.warning(
         "Dropping %d files whose content is under both classes (data.on_conflict=drop):\n%s",
         len(dropped),
-        listing,
+        _listing(conflicts),
     )
     return dropped
+
+
+def leaks_between_given_splits(
+    paths: Sequence[str], sha256: Sequence[str], splits: Sequence[str]
+) -> list[list[str]]:
+    """Byte-identical files in more than one ready-made split folder, logged as a warning.
+
+    Not an error: the split is the user's, but their test metrics would be optimistic.
+    """
+    leaks = identical_but_different(paths, sha256, splits)
+    if leaks:
+        log.warning(
+            "%d images are in more than one of the given train/val/test folders:\n%s",
+            len(leaks),
+            _listing(leaks),
+        )
+    return leaks
+
+
+def duplicates_and_groups(
+    sha256: Sequence[str], groups: Sequence[str], group_pattern: str | None
+) -> dict:
+    """Count (and log) the duplicate files and the groups that the split kept together."""
+    copies = Counter(sha256)
+    summary = {
+        "duplicate_files": len(sha256) - len(copies),
+        "duplicate_sets": sum(n > 1 for n in copies.values()),
+        "group_pattern": group_pattern,
+        "groups": len(set(groups) - {""}),
+        "files_without_group": groups.count("") if group_pattern else 0,
+    }
+    log.info(
+        "%d files are byte-identical copies of another (%d sets)",
+        summary["duplicate_files"],
+        summary["duplicate_sets"],
+    )
+    if group_pattern:
+        log.info(
+            "data.group_pattern=%r: %d groups; %d files without a group id, each on its own",
+            group_pattern,
+            summary["groups"],
+            summary["files_without_group"],
+        )
+    return summary
+
+
+def count_by_split(samples: Sequence[Sample], classes: Sequence[str]) -> dict[str, dict]:
+    """{split: {class name: number of images}}."""
+    counts = Counter((s.split, s.label) for s in samples)
+    return {
+        split: {name: counts[split, label] for label, name in enumerate(classes)}
+        for split in SPLITS
+    }
 
 
 def split_units(keys: Sequence[Sequence[str]]) -> list[list[int]]:

@@ -55,6 +55,7 @@ def test_train_writes_checkpoints_manifest_and_logs(demo_run):
     assert list(run_dir.glob("events.out.tfevents.*"))
     manifest = (run_dir / "manifest.csv").read_text().splitlines()
     assert manifest[0] == "path,label,split,sha256,group" and len(manifest) == 61
+    assert json.loads((run_dir / "manifest.json").read_text())["files_found"] == 60
     stdout = (demo_run / "stdout.txt").read_text()
     assert "best.ckpt" in stdout and "tensorboard --logdir" in stdout
     assert set(printed_test_metrics(stdout)) >= {"accuracy", "precision", "recall", "f1", "auroc"}
