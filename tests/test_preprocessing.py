@@ -59,8 +59,10 @@ def test_load_rgb_converts_every_mode(tmp_path, name, make, expected):
 
 
 def test_load_rgb_palette_with_transparency_without_warning(tmp_path):
-    image = Image.new("RGB", (10, 8), RED).quantize(4)
-    path = _saved(tmp_path, "transparent.png", image, transparency=0)
+    image = Image.new("P", (10, 8), 3)
+    image.putpalette([0, 0, 0] * 3 + list(RED))
+    # An alpha per palette entry (index 3 half transparent): Pillow warns on direct conversion.
+    path = _saved(tmp_path, "transparent.png", image, transparency=bytes([255, 255, 255, 128]))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_rgb(path).getpixel((0, 0)) == RED
