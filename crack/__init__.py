@@ -1,1 +1,24 @@
 """Crack classifier library."""
+
+import os
+
+from omegaconf import OmegaConf
+
+
+def fastest_precision(accelerator: str) -> str:
+    """bf16 mixed precision on a CUDA GPU that supports it, else float32 (CPUs gain nothing)."""
+    import torch
+
+    cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def usable_cpus(at_most: int) -> int:
+    """The CPUs this process may run on, capped: a sensible number of DataLoader workers."""
+    return min(at_most, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+# Config defaults that depend on the machine (conf/trainer, conf/data): registered on import, so
+# every entry point that imports crack can compose the configs.
+OmegaConf.register_new_resolver("crack.precision", fastest_precision, replace=True)
+OmegaConf.register_new_resolver("crack.cpus", usable_cpus, replace=True)

@@ -53,6 +53,10 @@ class StagedUnfreezing(BaseFinetuning):
         self.milestones = sorted((Milestone(**m) for m in milestones), key=lambda m: m.epoch)
         self.backbone = backbone
 
+    def frozen_throughout(self, n_blocks: int) -> int:
+        """How many leading blocks of an ``n_blocks`` backbone no milestone ever unfreezes."""
+        return n_blocks - max((m.blocks for m in self.milestones), default=0)
+
     def _blocks(self, pl_module: L.LightningModule) -> nn.Sequential:
         return getattr(pl_module, self.backbone)
 

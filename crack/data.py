@@ -12,6 +12,13 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from crack.cache import (
+    StoredDataset,
+    default_cache_dir,
+    feature_store,
+    image_store,
+    to_float32,
+)
 from crack.classes import class_names_by_label, detect_positive_class
 from crack.files import (
     BAD_FILE_POLICIES,
@@ -246,6 +253,12 @@ class CrackDataModule(L.LightningDataModule):
 
     The class mapping, preprocessing and split are part of the checkpoint (``state_dict``), so
     evaluation and prediction use exactly what training used.
+
+    With ``cache`` on, the loaders serve stored tensors instead of decoding files every epoch
+    (see crack.cache): the outputs of the model's frozen first blocks once `serve_features` has
+    been called (by crack.cache.FeatureCache), or else the decoded, resized images.
+    ``cache_dir=None`` is ``$CRACK_CACHE_DIR``, else ``.cache/crack``. ``pin_memory=None`` pins
+    batches when CUDA is available.
     """
 
     def __init__(
@@ -265,9 +278,11 @@ class CrackDataModule(L.LightningDataModule):
         augment: dict | None = None,
         batch_size: int = 64,
         num_workers: int = 2,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         persistent_workers: bool = True,
         synthetic: dict | None = None,
+        cache: bool = True,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         if root is None:
@@ -289,6 +304,8 @@ class CrackDataModule(L.LightningDataModule):
         self.classes: list[str] | None = None
         self.samples: list[Sample] | None = None
         self.summary: dict | None = None  # what index_images found, merged and dropped
+        self.cache_dir = Path(cache_dir or default_cache_dir()).expanduser().resolve()
+        self._features_of: tuple[L.LightningModule, int] | None = None
 
     def prepare_data(self) -> None:
         if self.hparams.synthetic:
@@ -344,17 +361,43 @@ class CrackDataModule(L.LightningDataModule):
         self.samples = [Sample.from_row(row) for row in state_dict["manifest"]]
         self.summary = state_dict.get("summary")
 
-    def _loader(self, split: str, train: bool = False) -> DataLoader:
+    def serve_features(self, model: L.LightningModule | None, block: int) -> None:
+        """Serve ``model.features_until(image, block)``, computed once and stored, instead of
+        images (``model=None``: images again). The caller keeps ``features[:block]`` frozen."""
+        self._features_of = (model, block) if model is not None else None
+
+    def _dataset(self, split: str, train: bool) -> Dataset:
         samples = self.split_samples(split)
         if not samples:
             raise ValueError(f"The {split} split is empty: add images or change data.split.")
-        dataset = ImageFileDataset(
-            self.root,
-            samples,
-            self.preprocessing.transform(train=train),
-            self.hparams.max_image_pixels,
-        )
-        workers = self.hparams.num_workers
+        labels = [s.label for s in samples]
+        transform = self.preprocessing.transform(train=train)
+        workers, batch_size = self.hparams.num_workers, self.hparams.batch_size
+        if self._features_of is not None:
+            model, block = self._features_of
+            images = ImageFileDataset(
+                self.root, samples, self.preprocessing.transform(), self.hparams.max_image_pixels
+            )
+            path = feature_store(
+                self.cache_dir, images, self.preprocessing, model, block, batch_size, workers
+            )
+            return StoredDataset(path, labels, to_float32)
+        if self.hparams.cache:
+            images = ImageFileDataset(
+                self.root, samples, self.preprocessing.resize(), self.hparams.max_image_pixels
+            )
+            path = image_store(
+                self.cache_dir, images, self.preprocessing.image_size, batch_size, workers
+            )
+            # The stored images are already resized: the transform's resize leaves them as they are.
+            return StoredDataset(path, labels, transform)
+        return ImageFileDataset(self.root, samples, transform, self.hparams.max_image_pixels)
+
+    def _loader(self, split: str, train: bool = False) -> DataLoader:
+        dataset = self._dataset(split, train)
+        # Stored features are read faster from the memory map than passed between processes.
+        workers = 0 if self._features_of is not None else self.hparams.num_workers
+        pin_memory = self.hparams.pin_memory
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,
@@ -362,7 +405,7 @@ class CrackDataModule(L.LightningDataModule):
             # A last batch of one image breaks BatchNorm in training mode.
             drop_last=train and len(dataset) > self.hparams.batch_size,
             num_workers=workers,
-            pin_memory=self.hparams.pin_memory,
+            pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
             persistent_workers=self.hparams.persistent_workers and workers > 0,
         )
 

@@ -51,6 +51,10 @@ class CrackClassifier(L.LightningModule):
         pos_weight: optional BCE weight of the crack class (for unbalanced data).
         optimizer: a partial optimizer taking the parameters (Hydra ``_partial_``); default Adam.
         scheduler: an optional partial LR scheduler taking the optimizer.
+        channels_last: keep convolution weights and inputs channels-last (faster on CPUs and
+            tensor-core GPUs; the same results).
+        compile: compile the forward pass with ``torch.compile`` (worth it on GPUs; on CPUs the
+            compilation takes minutes).
     """
 
     def __init__(
@@ -61,10 +65,13 @@ class CrackClassifier(L.LightningModule):
         pos_weight: float | None = None,
         optimizer: Callable | None = None,
         scheduler: Callable | None = None,
+        channels_last: bool = True,
+        compile: bool = False,
     ) -> None:
         super().__init__()
-        # The optimizer and scheduler are not needed to rebuild the model and are not plain data.
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        # The optimizer and scheduler are not needed to rebuild the model and are not plain data;
+        # the speed settings are the running machine's choice, not the trained model's.
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "channels_last", "compile"])
         self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=1e-3)
         self.scheduler_factory = scheduler
 
@@ -96,13 +103,46 @@ class CrackClassifier(L.LightningModule):
         self.test_confusion = BinaryConfusionMatrix()
         self.test_confusion_matrix: list[list[int]] | None = None
 
+        # Where the inputs of the training, validation and test steps enter the backbone: 0 for
+        # images, k for the stored outputs of a frozen features[:k] (crack.cache.FeatureCache).
+        # Not a hyperparameter: the checkpoint is always a whole model that takes images.
+        self.input_block = 0
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        if compile:
+            # forward_from, not the module: the steps and forward both go through it, and the
+            # state_dict keys stay as they are. One graph per start block and train/eval mode.
+            self.forward_from = torch.compile(self.forward_from)
+
+    def _memory_format(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.ndim == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Crack logits, shape (N,)."""
-        return self.head(self.features(images)).squeeze(1)
+        return self.forward_from(images, 0)
+
+    def features_until(self, images: torch.Tensor, block: int) -> torch.Tensor:
+        """The activation entering ``features[block]``, as ``forward_from(..., block)`` takes it.
+
+        At ``block == len(features)`` it is the backbone's output already average-pooled, shape
+        (N, 1280, 1, 1): pooling is the head's first step, has no parameters, and is the identity
+        on a 1x1 map, so ``forward_from`` runs the unchanged head on it.
+        """
+        x = self.features[:block](self._memory_format(images))
+        return self.head[0](x) if block == len(self.features) else x
+
+    def forward_from(self, x: torch.Tensor, block: int) -> torch.Tensor:
+        """Crack logits, shape (N,), from ``x = features_until(images, block)``."""
+        # The whole backbone as itself, so hooks registered on ``features`` see image batches.
+        rest = self.features[block:] if block else self.features
+        return self.head(rest(self._memory_format(x))).squeeze(1)
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        images, labels = batch
-        logits = self(images)
+        inputs, labels = batch
+        logits = self.forward_from(inputs, self.input_block)
         loss = self.loss_fn(logits, labels.float())
         return loss, torch.sigmoid(logits), labels
 

@@ -62,9 +62,19 @@ class Preprocessing:
         d["mean"], d["std"] = list(self.mean), list(self.std)
         return d
 
+    def resize(self) -> v2.Compose:
+        """The deterministic first step: a PIL image to a uint8 tensor of the input size.
+
+        ``transform`` starts with it; its output fed to ``transform`` again comes out unchanged by
+        it (resizing to the same size is a no-op), which lets decoded images be stored.
+        """
+        return v2.Compose(
+            [v2.ToImage(), v2.Resize((self.image_size, self.image_size), antialias=True)]
+        )
+
     def transform(self, train: bool = False) -> v2.Compose:
         """The tensor transform; random augmentation only when ``train`` and enabled."""
-        steps: list = [v2.ToImage(), v2.Resize((self.image_size, self.image_size), antialias=True)]
+        steps: list = [*self.resize().transforms]
         aug = self.augmentation
         if train and aug.hflip:
             steps.append(v2.RandomHorizontalFlip())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -22,6 +23,18 @@ def _few_threads():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_in_tmp(tmp_path_factory):
+    """Stored images and features go to a temporary folder, not the working directory."""
+    before = os.environ.get("CRACK_CACHE_DIR")
+    os.environ["CRACK_CACHE_DIR"] = str(tmp_path_factory.mktemp("crack-cache"))
+    yield
+    if before is None:
+        del os.environ["CRACK_CACHE_DIR"]
+    else:
+        os.environ["CRACK_CACHE_DIR"] = before
 
 
 @pytest.fixture(scope="session")

@@ -58,3 +58,18 @@ def test_schedulers_compose(scheduler, tmp_path):
 def test_eval_config_composes():
     cfg = _compose("eval", ["ckpt=some.ckpt"])
     assert cfg.ckpt == "some.ckpt" and cfg.threshold == 0.5
+
+
+def test_machine_dependent_defaults(monkeypatch):
+    import os
+
+    cfg = _compose("train", ["model.weights=null"])
+    assert cfg.data.num_workers == min(8, len(os.sched_getaffinity(0)))
+    assert cfg.data.cache is True and cfg.model.channels_last is True
+    assert cfg.trainer.inference_mode is True
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert cfg.trainer.precision == "32-true"
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda: True)
+    assert cfg.trainer.precision == "bf16-mixed"  # resolved when read
+    assert _compose("train", ["trainer.accelerator=cpu"]).trainer.precision == "32-true"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -23,7 +24,12 @@ def run(script: str, *overrides: str, check: bool = True) -> subprocess.Complete
         capture_output=True,
         text=True,
         timeout=300,
-        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2", "TORCH_HOME": "/nonexistent"},
+        env={
+            "PATH": "/usr/bin:/bin",
+            "OMP_NUM_THREADS": "2",
+            "TORCH_HOME": "/nonexistent",
+            "CRACK_CACHE_DIR": os.environ["CRACK_CACHE_DIR"],  # set by conftest
+        },
     )
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

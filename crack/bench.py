@@ -1,0 +1,371 @@
+"""How fast training is, against the plain way and against one inference pass.
+
+    python -m crack.bench --data-root DIR --weights-path FILE --epochs N --image-size PX --out FILE.json
+
+In one process, on the same images, split and settings, each training run doing exactly N epochs
+(early stopping off) and then testing its best checkpoint, it times:
+
+- ``plain``: the plain pipeline, written here as the baseline: torchvision ``ImageFolder``, PIL
+  decode and resize of every file in every epoch, a full float32 NCHW forward pass of the whole
+  network for every image, the head trained on it (the same model, head, optimizer, batch size and
+  checkpoint choice as ``experiment=frozen``);
+- ``frozen`` and ``finetune``: ``train.py experiment=frozen|finetune``, run as train.py runs them,
+  starting from an empty cache folder (so building the caches is included), then again
+  (``frozen_reuse``, ``finetune_reuse``) with the caches of the first run;
+- ``floor``: one inference pass (decode + forward, channels-last) over every image the experiments
+  read: train, val and test.
+
+It prints wall time, images/s and test accuracy of each, and writes them to ``--out`` as JSON
+(keys ``plain``, ``frozen``, ``finetune``, ``floor``, ``frozen_reuse``, ``finetune_reuse``,
+``speedup_frozen``, ``speedup_finetune``, ``frozen_over_floor``, ``settings``, ``machine``).
+images/s counts the images a run reads: epochs x (train + val) + test for training runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+from torch.utils.data import DataLoader, Subset
+from torchvision.datasets import ImageFolder
+
+from crack.data import CrackDataModule, ImageFileDataset, has_split_folders
+from crack.model import CrackClassifier
+from crack.splits import SPLITS, Sample
+
+log = logging.getLogger("crack.bench")
+
+ROOT = Path(__file__).resolve().parents[1]  # where train.py and conf/ live
+EXPERIMENTS = ("frozen", "finetune")
+
+
+class TestMetrics(L.Callback):
+    """Writes the test metrics to ``path`` as JSON: how the benchmark reads what train.py tested."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "test/" in k}
+        self.path.write_text(json.dumps(metrics))
+
+
+def _row(seconds: float, images: int, test_accuracy: float | None = None) -> dict:
+    seconds = round(seconds, 3)
+    row = {"seconds": seconds, "images_per_s": round(images / seconds, 2)}
+    if test_accuracy is not None:
+        row["test_accuracy"] = round(test_accuracy, 4)
+    return row
+
+
+def run_experiment(experiment: str, overrides: Sequence[str], run_dir: Path, images: int) -> dict:
+    """Run ``train.py experiment=...`` in this process, as the command line runs it; time it."""
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                f"experiment={experiment}",
+                *overrides,
+                f"hydra.runtime.output_dir={run_dir}",
+            ],
+            return_hydra_config=True,
+        )
+    metrics_file = run_dir / "test_metrics.json"
+    with open_dict(cfg):
+        cfg.callbacks.bench_test_metrics = {
+            "_target_": "crack.bench.TestMetrics",
+            "path": str(metrics_file),
+        }
+    HydraConfig.instance().set_config(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train = _load_train_script()
+    start = time.perf_counter()
+    train.main(cfg)  # Hydra hands a given config straight to the function
+    seconds = time.perf_counter() - start
+    accuracy = json.loads(metrics_file.read_text())["test/accuracy"]
+    return _row(seconds, images, accuracy)
+
+
+def _warm_up(workdir: Path) -> None:
+    """Pay this process's one-time imports (train.py, Hydra, TensorBoard) before any clock runs."""
+    _load_train_script()
+    L.pytorch.loggers.TensorBoardLogger(str(workdir / "warm-up")).experiment.close()
+
+
+def _load_train_script():
+    path = ROOT / "train.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the benchmark from a checkout of crack.")
+    spec = importlib.util.spec_from_file_location("crack_train_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def plain_pipeline(
+    datamodule: CrackDataModule,
+    weights_path: str,
+    epochs: int,
+    lr: float,
+    seed: int,
+    device: torch.device,
+) -> dict:
+    """The baseline: ImageFolder, decode and resize every epoch, the whole network every batch.
+
+    The same model (the backbone frozen in inference mode, as in ``experiment=frozen``), head,
+    Adam learning rate, batch size, split and choice of the checkpoint with the lowest val loss.
+    """
+    L.seed_everything(seed)
+    start = time.perf_counter()
+    model = CrackClassifier(weights=None, weights_path=weights_path, channels_last=False)
+    model.features.requires_grad_(False).eval()
+    model.to(device)
+    optimizer = torch.optim.Adam(model.head.parameters(), lr=lr)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    loaders = {
+        split: _image_folder_loader(datamodule, split, shuffle=split == "train") for split in SPLITS
+    }
+
+    def evaluate(split: str) -> tuple[float, float]:
+        model.head.eval()
+        total_loss, correct, count = 0.0, 0, 0
+        with torch.no_grad():
+            for images, labels in loaders[split]:
+                images, labels = images.to(device), labels.to(device)
+                logits = model(images)
+                total_loss += float(loss_fn(logits, labels.float())) * len(labels)
+                correct += int(((logits > 0).long() == labels).sum())
+                count += len(labels)
+        return total_loss / count, correct / count
+
+    best_loss, best_head = float("inf"), None
+    for _ in range(epochs):
+        model.head.train()
+        for images, labels in loaders["train"]:
+            images, labels = images.to(device), labels.to(device)
+            loss = loss_fn(model(images), labels.float())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        val_loss, _ = evaluate("val")
+        if val_loss < best_loss:
+            best_loss, best_head = val_loss, copy.deepcopy(model.head.state_dict())
+    model.head.load_state_dict(best_head)
+    _, accuracy = evaluate("test")
+    seconds = time.perf_counter() - start
+    return _row(seconds, _images_read(datamodule, epochs), accuracy)
+
+
+def _image_folder_loader(datamodule: CrackDataModule, split: str, shuffle: bool) -> DataLoader:
+    """torchvision ImageFolder over the split's files, labelled as the datamodule labels them."""
+    root = datamodule.root / split if has_split_folders(datamodule.root) else datamodule.root
+    transform = datamodule.preprocessing.transform()
+    folder = ImageFolder(str(root), transform=transform)
+    # ImageFolder numbers classes alphabetically; the crack class must be label 1.
+    labels = {folder.class_to_idx[name]: label for label, name in enumerate(datamodule.classes)}
+    folder.target_transform = labels.__getitem__
+    wanted = {s.path for s in datamodule.split_samples(split)}
+    prefix = f"{split}/" if root != datamodule.root else ""
+    indices = [
+        i
+        for i, (path, _) in enumerate(folder.samples)
+        if prefix + Path(path).relative_to(root).as_posix() in wanted
+    ]
+    batch_size = datamodule.hparams.batch_size
+    return DataLoader(
+        Subset(folder, indices),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=shuffle and len(indices) > batch_size,
+        num_workers=datamodule.hparams.num_workers,
+    )
+
+
+def inference_floor(
+    datamodule: CrackDataModule, samples: Sequence[Sample], weights_path: str, device: torch.device
+) -> dict:
+    """One pass over ``samples``: decode, resize, forward (channels-last, bf16 on CUDA)."""
+    start = time.perf_counter()
+    model = CrackClassifier(weights=None, weights_path=weights_path).eval().to(device)
+    images = ImageFileDataset(datamodule.root, samples, datamodule.preprocessing.transform())
+    loader = DataLoader(
+        images,
+        batch_size=datamodule.hparams.batch_size,
+        num_workers=datamodule.hparams.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
+    with torch.inference_mode(), autocast:
+        for batch, _ in loader:
+            model(batch.to(device, non_blocking=True))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return _row(time.perf_counter() - start, len(samples))
+
+
+def _images_read(datamodule: CrackDataModule, epochs: int) -> int:
+    count = {split: len(datamodule.split_samples(split)) for split in SPLITS}
+    return epochs * (count["train"] + count["val"]) + count["test"]
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    cpu = platform.processor()
+    try:
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "usable_cpus": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "load_average_1min_at_start": round(os.getloadavg()[0], 2),
+    }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m crack.bench", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--data-root", required=True, help="folder of class folders of images")
+    parser.add_argument("--weights-path", required=True, help="MobileNetV2 state_dict file")
+    parser.add_argument("--epochs", type=int, default=15, help="epochs of every training run")
+    parser.add_argument("--image-size", type=int, default=224, help="input size in pixels")
+    parser.add_argument("--out", required=True, help="JSON file to write the figures to")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-workers", type=int, default=None, help="default: data config's")
+    parser.add_argument(
+        "--head-epochs",
+        type=int,
+        default=None,
+        help="finetune: epochs before unfreezing; default min(3, epochs - 1), so it unfreezes",
+    )
+    parser.add_argument(
+        "--cache-dir", default=None, help="cache folder; default: a new temporary one, removed"
+    )
+    args = parser.parse_args(argv)
+    if args.epochs < 1:
+        parser.error(f"--epochs={args.epochs}: give at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Run the benchmark, print the table, write the JSON; returns the figures."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="crack-bench-"))
+    cache_dir = Path(args.cache_dir) if args.cache_dir else workdir / "cache"
+    head_epochs = args.head_epochs if args.head_epochs is not None else min(3, args.epochs - 1)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    results: dict = {"machine": machine()}
+
+    datamodule = CrackDataModule(
+        args.data_root, image_size=args.image_size, batch_size=args.batch_size, cache=False,
+        **({} if args.num_workers is None else {"num_workers": args.num_workers}),
+    )  # fmt: skip
+    datamodule.setup()
+    counts = {split: len(datamodule.split_samples(split)) for split in SPLITS}
+    images_read = _images_read(datamodule, args.epochs)
+    results["settings"] = {
+        "data_root": str(datamodule.root),
+        "images": counts,
+        "epochs": args.epochs,
+        "finetune_head_epochs": head_epochs,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "num_workers": datamodule.hparams.num_workers,
+        "device": str(device),
+    }
+    overrides = [
+        f"data.root={datamodule.root}",
+        f"model.weights_path={Path(args.weights_path).resolve()}",
+        f"data.image_size={args.image_size}",
+        f"data.batch_size={args.batch_size}",
+        f"data.num_workers={datamodule.hparams.num_workers}",
+        f"data.cache_dir={cache_dir}",
+        f"trainer.max_epochs={args.epochs}",
+        "callbacks.early_stopping=null",
+        "+trainer.enable_progress_bar=false",
+    ]
+    try:
+        _warm_up(workdir)
+        log.info("floor: one inference pass over %d images", len(datamodule.samples))
+        results["floor"] = inference_floor(
+            datamodule, datamodule.samples, args.weights_path, device
+        )
+        log.info("plain pipeline: %d epochs", args.epochs)
+        results["plain"] = plain_pipeline(
+            datamodule, args.weights_path, args.epochs, lr=1e-3, seed=42, device=device
+        )
+        for experiment in EXPERIMENTS:
+            extra = [f"head_epochs={head_epochs}"] if experiment == "finetune" else []
+            for name in (experiment, f"{experiment}_reuse"):
+                log.info("%s: train.py experiment=%s, %d epochs", name, experiment, args.epochs)
+                results[name] = run_experiment(
+                    experiment, [*overrides, *extra], workdir / "runs" / name, images_read
+                )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    plain = results["plain"]["seconds"]
+    results["speedup_frozen"] = round(plain / results["frozen"]["seconds"], 2)
+    results["speedup_finetune"] = round(plain / results["finetune"]["seconds"], 2)
+    results["frozen_over_floor"] = round(
+        results["frozen"]["seconds"] / results["floor"]["seconds"], 2
+    )
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(format_results(results))
+    print(f"Wrote {out}")
+    return results
+
+
+def format_results(results: dict) -> str:
+    """The figures as a text table."""
+    s = results["settings"]
+    lines = [
+        f"{s['epochs']} epochs, {s['image_size']} px, images {s['images']}, "
+        f"batch {s['batch_size']}, {s['num_workers']} workers, {s['device']}",
+        f"{'run':<16}{'seconds':>10}{'images/s':>10}{'test acc':>10}{'vs plain':>10}",
+    ]
+    for name in ("plain", "frozen", "frozen_reuse", "finetune", "finetune_reuse", "floor"):
+        row = results[name]
+        accuracy = f"{row['test_accuracy']:.4f}" if "test_accuracy" in row else "-"
+        speedup = results["plain"]["seconds"] / row["seconds"]
+        lines.append(
+            f"{name:<16}{row['seconds']:>10.1f}{row['images_per_s']:>10.1f}"
+            f"{accuracy:>10}{speedup:>9.1f}x"
+        )
+    lines.append(f"frozen / floor: {results['frozen_over_floor']:.2f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

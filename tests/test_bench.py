@@ -1,0 +1,56 @@
+"""The benchmark itself, on tiny synthetic images and a random-init weights file."""
+
+import json
+
+import pytest
+import torch
+from torchvision.models import mobilenet_v2
+
+from crack import bench
+
+ROWS = ("plain", "frozen", "frozen_reuse", "finetune", "finetune_reuse")
+
+
+def test_bench_times_every_run_and_writes_the_figures(tiny_dataset, tmp_path, capsys):
+    torch.manual_seed(0)
+    features = mobilenet_v2(weights=None).features.state_dict()
+    torch.save({f"features.{k}": v for k, v in features.items()}, tmp_path / "weights.pth")
+    out = tmp_path / "bench.json"
+    bench.main(
+        [
+            f"--data-root={tiny_dataset}", f"--weights-path={tmp_path / 'weights.pth'}",
+            "--epochs=1", "--image-size=32", f"--out={out}", "--batch-size=16",
+            "--num-workers=0",
+        ]
+    )  # fmt: skip
+
+    results = json.loads(out.read_text())
+    assert set(results) == {
+        *ROWS, "floor", "speedup_frozen", "speedup_finetune", "frozen_over_floor",
+        "settings", "machine",
+    }  # fmt: skip
+    assert results["settings"]["images"] == {"train": 32, "val": 4, "test": 4}
+    assert results["settings"]["finetune_head_epochs"] == 0  # so finetune unfreezes
+    read = 1 * (32 + 4) + 4
+    for name in ROWS:
+        row = results[name]
+        assert set(row) == {"seconds", "images_per_s", "test_accuracy"}, name
+        assert row["seconds"] > 0 and 0 <= row["test_accuracy"] <= 1
+        assert row["images_per_s"] == pytest.approx(read / row["seconds"], rel=0.01)
+    assert set(results["floor"]) == {"seconds", "images_per_s"}
+    assert results["floor"]["images_per_s"] == pytest.approx(
+        40 / results["floor"]["seconds"], rel=0.01
+    )
+    seconds = {name: results[name]["seconds"] for name in (*ROWS, "floor")}
+    assert results["speedup_frozen"] == pytest.approx(
+        seconds["plain"] / seconds["frozen"], abs=0.01
+    )
+    assert results["speedup_finetune"] == pytest.approx(
+        seconds["plain"] / seconds["finetune"], abs=0.01
+    )
+    assert results["frozen_over_floor"] == pytest.approx(
+        seconds["frozen"] / seconds["floor"], abs=0.01
+    )
+    assert results["machine"]["usable_cpus"] >= 1 and "cpu" in results["machine"]
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in (*ROWS, "floor")) and str(out) in printed
