@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from crack.classes import class_names_by_label, detect_positive_class
 from crack.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Augmentation, Preprocessing, load_rgb
+from crack.sampling import EpochShuffle, evaluation_sampler
 from crack.splits import SPLITS, Sample, stratified_split, write_manifest
 from crack.synthetic import ensure_dataset
 
@@ -126,6 +127,7 @@ class CrackDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = True,
         synthetic: dict | None = None,
+        shuffle_seed: int = 0,
     ) -> None:
         super().__init__()
         if root is None:
@@ -189,16 +191,24 @@ class CrackDataModule(L.LightningDataModule):
             raise ValueError(f"The {split} split is empty: add images or change data.split.")
         dataset = ImageFileDataset(self.root, samples, self.preprocessing.transform(train=train))
         workers = self.hparams.num_workers
+        if train:
+            sampler = EpochShuffle(len(dataset), self.hparams.shuffle_seed, self._epoch)
+        else:
+            sampler = evaluation_sampler(dataset, self.trainer)
+        processes = self.trainer.world_size if self.trainer else 1
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,
-            shuffle=train,
-            # A last batch of one image breaks BatchNorm in training mode.
-            drop_last=train and len(dataset) > self.hparams.batch_size,
+            sampler=sampler,
+            # A last batch of one image breaks BatchNorm in training mode (DDP: per process).
+            drop_last=train and len(dataset) / processes > self.hparams.batch_size,
             num_workers=workers,
             pin_memory=self.hparams.pin_memory,
             persistent_workers=self.hparams.persistent_workers and workers > 0,
         )
+
+    def _epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer else 0
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
