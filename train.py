@@ -53,18 +53,26 @@ def main(cfg: DictConfig) -> float:
         sys.exit(143)  # 128 + SIGTERM, as a shell reports a process that SIGTERM ended
     # The sweeps' objective: the validation F1 of the checkpoint the run keeps.
     (val_metrics,) = trainer.validate(model, datamodule=datamodule, ckpt_path="best", verbose=False)
+    test_metrics = {}
+    if cfg.test:
+        (test_metrics,) = trainer.test(model, datamodule=datamodule, ckpt_path="best")
+    report(run_dir, val_metrics, test_metrics, model.test_confusion_matrix)
+    return val_metrics["val/f1"]
 
+
+@rank_zero_only  # once, not once per DDP process
+def report(run_dir: Path, val_metrics: dict, test_metrics: dict, confusion: list | None) -> None:
+    """Print where the outputs are and the metrics of the best checkpoint."""
     checkpoints = run_dir / "checkpoints"
     print(f"\nCheckpoints: {checkpoints}/best.ckpt (lowest val loss), {checkpoints}/last.ckpt")
     print(f"TensorBoard: tensorboard --logdir {run_dir}")
-    print(f"Validation F1 of the best checkpoint: {val_metrics['val/f1']:.4f}")
-    if cfg.test:
-        (metrics,) = trainer.test(model, datamodule=datamodule, ckpt_path="best")
-        print("Test metrics of the best checkpoint:")
-        for name, value in metrics.items():
-            print(f"  {name:16s} {value:.4f}")
-        print(f"  confusion [[tn, fp], [fn, tp]]: {model.test_confusion_matrix}")
-    return val_metrics["val/f1"]
+    for title, metrics in ("Validation", val_metrics), ("Test", test_metrics):
+        if metrics:
+            print(f"{title} metrics of the best checkpoint:")
+            for name, value in metrics.items():
+                print(f"  {name:16s} {value:.4f}")
+    if test_metrics:
+        print(f"  confusion [[tn, fp], [fn, tp]]: {confusion}")
 
 
 if __name__ == "__main__":

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-from test_entrypoints import ROOT, printed_test_metrics
+from helpers import printed_metrics, start_train, train
 
 from crack.data import CrackDataModule
 from crack.resume import restore_run
 
-PROBE = "tests.signal_probe.WaitForSignal"
-# Bit-exact results need the same number of threads in every run.
-ENV = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "TORCH_HOME": "/nonexistent"}
+PROBE = "tests.helpers.WaitForSignal"
 
 
 def _overrides(data: Path) -> list[str]:
@@ -29,46 +27,48 @@ def _overrides(data: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _train(*overrides: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "train.py", *overrides],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
+@dataclass
+class Run:
+    run_dir: Path
+    returncode: int
+    output: str
 
 
-def _start_and_interrupt(tmp: Path, data: Path, name: str, signum: int, epoch: int) -> Path:
-    """Start train.py, send ``signum`` after the first batch of ``epoch``; return the run dir."""
-    run_dir, marker = tmp / name, tmp / f"{name}.waiting"
-    probe = f"+callbacks.wait_for_signal={{_target_:{PROBE},epoch:{epoch},batch:0,marker:{marker}}}"
-    process = _train(*_overrides(data), f"hydra.run.dir={run_dir}", probe)
+def _interrupt(process: subprocess.Popen, marker: Path, signum: int) -> tuple[int, str]:
+    """Send ``signum`` once the run touched ``marker``; its exit status and output."""
     deadline = time.monotonic() + 240
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert marker.exists(), process.communicate()[1][-3000:]
     process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=120)
-    (run_dir / "returncode").write_text(str(process.returncode))
-    (run_dir / "output.txt").write_text(stdout + stderr)
-    return run_dir
+    return process.returncode, stdout + stderr
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_dataset, tmp_path_factory) -> dict[str, Path]:
-    """An uninterrupted run, and runs stopped by SIGTERM and Ctrl-C (started side by side)."""
+def runs(tiny_dataset, tmp_path_factory) -> dict:
+    """An uninterrupted run, and runs stopped by SIGTERM in epoch 2 and by Ctrl-C in epoch 1."""
     tmp = tmp_path_factory.mktemp("resume")
-    full = _train(*_overrides(tiny_dataset), f"hydra.run.dir={tmp / 'full'}")
+    full = start_train(*_overrides(tiny_dataset), f"hydra.run.dir={tmp / 'full'}")
+    started = {}  # side by side: the signals arrive where WaitForSignal holds each run
+    for name, epoch in ("sigterm", 2), ("ctrl_c", 1):
+        marker = tmp / f"{name}.waiting"
+        probe = f"{{_target_:{PROBE},epoch:{epoch},batch:0,marker:{marker}}}"
+        process = start_train(
+            *_overrides(tiny_dataset),
+            f"hydra.run.dir={tmp / name}",
+            f"+callbacks.wait_for_signal={probe}",
+        )
+        started[name] = process, marker
     stopped = {
-        "sigterm": _start_and_interrupt(tmp, tiny_dataset, "sigterm", signal.SIGTERM, epoch=2),
-        "ctrl_c": _start_and_interrupt(tmp, tiny_dataset, "ctrl_c", signal.SIGINT, epoch=1),
+        name: Run(tmp / name, *_interrupt(process, marker, signum))
+        for (name, (process, marker)), signum in zip(
+            started.items(), (signal.SIGTERM, signal.SIGINT), strict=True
+        )
     }
     stdout, stderr = full.communicate(timeout=300)
     assert full.returncode == 0, stderr[-3000:]
-    (tmp / "full" / "stdout.txt").write_text(stdout)
-    return {"full": tmp / "full", **stopped}
+    return {"full": Run(tmp / "full", full.returncode, stdout), **stopped}
 
 
 def _last(run_dir: Path) -> dict:
@@ -77,35 +77,30 @@ def _last(run_dir: Path) -> dict:
 
 @pytest.mark.parametrize(("name", "returncode", "epoch"), [("sigterm", 143, 1), ("ctrl_c", 1, 0)])
 def test_a_signal_stops_training_cleanly_keeping_the_last_epoch(runs, name, returncode, epoch):
-    run_dir = runs[name]
-    output = (run_dir / "output.txt").read_text()
-    assert int((run_dir / "returncode").read_text()) == returncode, output[-3000:]
-    assert "Traceback" not in output
-    assert f"resume={run_dir}" in output  # how to continue
-    assert _last(run_dir)["epoch"] == epoch  # the last completed epoch, not the interrupted one
+    stopped = runs[name]
+    assert stopped.returncode == returncode, stopped.output[-3000:]
+    assert "Traceback" not in stopped.output
+    assert f"resume={stopped.run_dir}" in stopped.output  # how to continue
+    # last.ckpt holds the last completed epoch, not the interrupted one.
+    assert _last(stopped.run_dir)["epoch"] == epoch
 
 
 def test_resumed_run_ends_exactly_as_the_uninterrupted_run(runs, tiny_dataset):
-    stopped = runs["sigterm"]
-    resumed = _train(*_overrides(tiny_dataset), f"resume={stopped}")
-    stdout, stderr = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, stderr[-3000:]
+    stopped, full_dir = runs["sigterm"].run_dir, runs["full"].run_dir
+    stdout = train(*_overrides(tiny_dataset), f"resume={stopped}")
     assert sorted(p.name for p in (stopped / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
-    full, end = _last(runs["full"]), _last(stopped)
+    full, end = _last(full_dir), _last(stopped)
     assert end["epoch"] == full["epoch"] == 2
     assert full["state_dict"].keys() == end["state_dict"].keys()
     for key, value in full["state_dict"].items():
         assert torch.equal(value, end["state_dict"][key]), key
     groups = end["optimizer_states"][0]["param_groups"]
     assert groups == full["optimizer_states"][0]["param_groups"] and len(groups) == 2
-    full_stdout = (runs["full"] / "stdout.txt").read_text()
-    assert printed_test_metrics(stdout) == printed_test_metrics(full_stdout)
-    f1_line = "Validation F1 of the best checkpoint"
-    assert [line for line in stdout.splitlines() if f1_line in line] == [
-        line for line in full_stdout.splitlines() if f1_line in line
-    ]
+    for prefix in "val", "test":
+        printed = printed_metrics(stdout, prefix)
+        assert printed and printed == printed_metrics(runs["full"].output, prefix)
     manifest = (stopped / "manifest.csv").read_text()
-    assert manifest == (runs["full"] / "manifest.csv").read_text()
+    assert manifest == (full_dir / "manifest.csv").read_text()
 
 
 def test_restore_run_explains_a_wrong_directory(tiny_dataset, tmp_path):
