@@ -12,17 +12,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from crack.checkpoint import load_weights_from
 from crack.resume import restore_run
 
 log = logging.getLogger("train")
-
-# resume=RUN_DIR runs in RUN_DIR, a new directory otherwise (hydra.run.dir in conf/train.yaml).
-OmegaConf.register_new_resolver(
-    "coalesce", lambda value, default: default if value is None else value
-)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -51,8 +46,11 @@ def main(cfg: DictConfig) -> float:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:  # Lightning stopped after the current batch; ResumeHint said more
         sys.exit(143)  # 128 + SIGTERM, as a shell reports a process that SIGTERM ended
-    # The sweeps' objective: the validation F1 of the checkpoint the run keeps.
+    # The sweeps' objective: the validation F1 of the checkpoint the run keeps. Not logged, so
+    # the validation curves in TensorBoard end with the last epoch.
+    loggers, trainer.loggers = trainer.loggers, []
     (val_metrics,) = trainer.validate(model, datamodule=datamodule, ckpt_path="best", verbose=False)
+    trainer.loggers = loggers
     test_metrics = {}
     if cfg.test:
         (test_metrics,) = trainer.test(model, datamodule=datamodule, ckpt_path="best")
