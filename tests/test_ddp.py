@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import torch
@@ -55,4 +54,3 @@ def test_two_processes_train_alike_and_validate_on_the_whole_validation_set(tmp_
     assert abs(printed["loss"] - loss.item()) < 1e-4
     assert printed_metrics(stdout, "test")["num_images"] == 4
     assert stdout.count("Validation metrics of the best checkpoint") == 1  # rank 0 only
-    shutil.rmtree(data)
