@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 import lightning as L
 from lightning.pytorch.callbacks import BaseFinetuning
+from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,19 @@ def is_frozen(module: nn.Module) -> bool:
 
 def trainable_parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def rewrap_ddp(trainer: L.Trainer) -> None:
+    """Wrap the model in a new DistributedDataParallel after parameters were unfrozen.
+
+    DDP averages across processes the gradients of the parameters that were trainable when it
+    wrapped the model, and no others: without this, each process would train the unfrozen blocks
+    on its own data only, and the processes' models would drift apart (Lightning issue #20340).
+    """
+    strategy = trainer.strategy
+    if isinstance(strategy, DDPStrategy) and isinstance(strategy.model, DistributedDataParallel):
+        strategy.model = strategy.lightning_module
+        strategy.configure_ddp()
 
 
 class StagedUnfreezing(BaseFinetuning):
@@ -75,14 +90,19 @@ class StagedUnfreezing(BaseFinetuning):
                 block.eval()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # On resume, BaseFinetuning restores the optimizer's param groups; the blocks unfrozen
-        # before the checkpoint was written must be trainable again too.
+        # On resume, BaseFinetuning puts back the optimizer's param groups as they were when the
+        # checkpoint was written; the blocks in them must be trainable again too. (The epoch is
+        # not restored yet at this point, so the groups, not the milestones, tell which.)
         super().on_fit_start(trainer, pl_module)
-        blocks = self._blocks(pl_module)
-        for m in self.milestones:
-            if m.epoch < trainer.current_epoch:
-                self.make_trainable(blocks[-m.blocks :])
-                blocks[-m.blocks :].train()
+        optimized = {id(p) for o in trainer.optimizers for g in o.param_groups for p in g["params"]}
+        unfrozen = [
+            b for b in self._blocks(pl_module) if any(id(p) in optimized for p in b.parameters())
+        ]
+        for block in unfrozen:
+            self.make_trainable(block)
+            block.train()
+        if unfrozen:
+            rewrap_ddp(trainer)
 
     def finetune_function(
         self, pl_module: L.LightningModule, epoch: int, optimizer: Optimizer
@@ -99,6 +119,8 @@ class StagedUnfreezing(BaseFinetuning):
             )
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_epoch_start(trainer, pl_module)
+        super().on_train_epoch_start(trainer, pl_module)  # calls finetune_function
+        if any(m.epoch == trainer.current_epoch for m in self.milestones):
+            rewrap_ddp(trainer)
         self._keep_frozen_in_eval(self._blocks(pl_module))
         pl_module.log("trainable_params", float(trainable_parameter_count(pl_module)))

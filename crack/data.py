@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -38,6 +38,7 @@ from crack.preprocessing import (
     Preprocessing,
     load_rgb,
 )
+from crack.sampling import EpochShuffle, evaluation_sampler
 from crack.splits import (
     CONFLICT_POLICIES,
     SPLITS,
@@ -283,6 +284,7 @@ class CrackDataModule(L.LightningDataModule):
         synthetic: dict | None = None,
         cache: bool = True,
         cache_dir: str | None = None,
+        shuffle_seed: int = 0,
     ) -> None:
         super().__init__()
         if root is None:
@@ -378,36 +380,60 @@ class CrackDataModule(L.LightningDataModule):
             images = ImageFileDataset(
                 self.root, samples, self.preprocessing.transform(), self.hparams.max_image_pixels
             )
-            path = feature_store(
-                self.cache_dir, images, self.preprocessing, model, block, batch_size, workers
+            path = self._store(
+                lambda: feature_store(
+                    self.cache_dir, images, self.preprocessing, model, block, batch_size, workers
+                )
             )
             return StoredDataset(path, labels, to_float32)
         if self.hparams.cache:
             images = ImageFileDataset(
                 self.root, samples, self.preprocessing.resize(), self.hparams.max_image_pixels
             )
-            path = image_store(
-                self.cache_dir, images, self.preprocessing.image_size, batch_size, workers
+            path = self._store(
+                lambda: image_store(
+                    self.cache_dir, images, self.preprocessing.image_size, batch_size, workers
+                )
             )
             # The stored images are already resized: the transform's resize leaves them as they are.
             return StoredDataset(path, labels, transform)
         return ImageFileDataset(self.root, samples, transform, self.hparams.max_image_pixels)
+
+    def _store(self, build: Callable[[], Path]) -> Path:
+        """Build (or reuse) a cache store; under DDP rank 0 builds it while the others wait."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return build()
+        if not trainer.is_global_zero:
+            trainer.strategy.barrier("cache")  # wait for rank 0's store, then reuse it
+        path = build()
+        if trainer.is_global_zero:
+            trainer.strategy.barrier("cache")
+        return path
 
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         dataset = self._dataset(split, train)
         # Stored features are read faster from the memory map than passed between processes.
         workers = 0 if self._features_of is not None else self.hparams.num_workers
         pin_memory = self.hparams.pin_memory
+        if train:
+            sampler = EpochShuffle(len(dataset), self.hparams.shuffle_seed, self._epoch)
+        else:
+            sampler = evaluation_sampler(dataset, self.trainer)
+        processes = self.trainer.world_size if self.trainer else 1
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,
-            shuffle=train,
-            # A last batch of one image breaks BatchNorm in training mode.
-            drop_last=train and len(dataset) > self.hparams.batch_size,
+            sampler=sampler,
+            # A last batch of one image breaks BatchNorm in training mode (DDP: per process).
+            drop_last=train and len(dataset) / processes > self.hparams.batch_size,
             num_workers=workers,
             pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
             persistent_workers=self.hparams.persistent_workers and workers > 0,
         )
+
+    def _epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer else 0
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
