@@ -106,3 +106,17 @@ def test_unfreezes_the_last_blocks_at_the_milestone_with_lower_lr(tiny_dataset):
 def test_milestone_blocks_are_checked(tiny_dataset):
     with pytest.raises(ValueError, match="blocks must be in 1..19"):
         _fit(_model(), tiny_dataset, StagedUnfreezing([{"epoch": 0, "blocks": 40}]), epochs=1)
+
+
+def test_training_curves_record_every_epoch_into_the_checkpoint(trained_checkpoint):
+    from PIL import Image
+
+    checkpoint = torch.load(trained_checkpoint, weights_only=True)
+    (history,) = [v["history"] for k, v in checkpoint["callbacks"].items() if "TrainingCurves" in k]
+    assert [row["epoch"] for row in history] == list(range(10))
+    assert all(
+        set(row) == {"epoch", "train/loss", "train/accuracy", "val/loss", "val/accuracy"}
+        for row in history
+    )
+    assert history[-1]["train/loss"] < history[0]["train/loss"]
+    assert Image.open(trained_checkpoint.parent / "curves.png").format == "PNG"
