@@ -58,3 +58,17 @@ def test_schedulers_compose(scheduler, tmp_path):
 def test_eval_config_composes():
     cfg = _compose("eval", ["ckpt=some.ckpt"])
     assert cfg.ckpt == "some.ckpt" and cfg.threshold == 0.5
+
+
+def test_predict_and_export_configs_compose():
+    # predict.yaml has its own folder: in conf/, `model=FILE.onnx` would pick the model group.
+    with initialize_config_dir(str(CONF / "predict"), version_base="1.3"):
+        cfg = compose("predict", overrides=["backend=onnx", "model=m.onnx", "input=photos"])
+    assert (cfg.backend, cfg.model, cfg.threshold, cfg.tiling.min_scale) == (
+        "onnx",
+        "m.onnx",
+        None,
+        1.5,
+    )
+    cfg = _compose("export", ["ckpt=some.ckpt", "format=torchscript"])
+    assert cfg.format == "torchscript" and cfg.parity.tolerance == 1e-4
