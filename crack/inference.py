@@ -230,7 +230,7 @@ def write_heatmap(
     name = "__".join(relative.with_suffix("").parts) + ".png"
     title = (
         f"{relative}: highest tile probability {result.probability:.3f}, "
-        f"{result.tile_fraction:.1%} of {result.tiles} tiles >= {threshold:g} (cyan outline)"
+        f"{result.tile_fraction:.1%} of {result.tiles} tiles >= {threshold:g}; cyan: map >= {threshold:g}"
     )
     figure = heatmap_figure(photo, result.probability_map, threshold, title)
     return save_figure(figure, folder / name)

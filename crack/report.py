@@ -125,12 +125,14 @@ def errors_figure(
     Each image is titled with its crack probability and file name.
     """
     false_pos, false_neg = worst_errors(probs, labels, threshold, count)
+    # No wider than needed, but wide enough for the section titles.
+    columns = min(columns, max(4, len(false_pos), len(false_neg)))
     rows = [max(1, math.ceil(len(found) / columns)) for found in (false_pos, false_neg)]
     figure = Figure(figsize=(1.7 * columns, 2.1 * sum(rows) + 0.8), layout="constrained")
     sections = figure.subfigures(2, 1, height_ratios=rows)
     titles = (
-        f"False positives: intact, predicted crack (probability >= {threshold:g}), worst first",
-        f"False negatives: crack, predicted intact (probability < {threshold:g}), worst first",
+        f"False positives (intact, p >= {threshold:g}), highest p first",
+        f"False negatives (crack, p < {threshold:g}), lowest p first",
     )
     for section, title, indices, n_rows in zip(
         sections, titles, (false_pos, false_neg), rows, strict=True
