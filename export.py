@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import hydra
@@ -18,8 +17,6 @@ from crack.export import (
     max_abs_difference,
     parity_images,
 )
-
-log = logging.getLogger("export")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
@@ -20,8 +19,6 @@ from crack.inference import (
     summary,
     write_predictions,
 )
-
-log = logging.getLogger("predict")
 
 
 def build_classifier(cfg: DictConfig) -> TorchClassifier | OnnxClassifier:

@@ -280,6 +280,7 @@ def summary(results: Sequence[Prediction], threshold: float, seconds: float) -> 
         )
         lines += [f"  {r.path}: {r.probability:.3f}, {r.tile_fraction:.1%}" for r in tiled]
     lines.append(
-        f"{inputs} network inputs in {seconds:.1f} s ({inputs / max(seconds, 1e-9):.1f} per s)."
+        f"{inputs} network inputs (images and tiles) in {seconds:.1f} s, reading and heatmaps "
+        f"included ({inputs / max(seconds, 1e-9):.1f} per s)."
     )
     return "\n".join(lines)

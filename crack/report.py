@@ -7,7 +7,6 @@ they work on headless machines and can go both to PNG files and to TensorBoard.
 from __future__ import annotations
 
 import csv
-import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,8 +24,6 @@ from torchmetrics.functional.classification import (
 )
 
 from crack.preprocessing import load_rgb
-
-log = logging.getLogger(__name__)
 
 THUMBNAIL_SIZE = 160  # pixels of the longer side of an image in errors.png
 

@@ -157,4 +157,4 @@ def test_summary_counts_images_cracks_and_failures(tmp_path):
     assert "4 files: 3 read, 1 unreadable." in text
     assert "2 of 3 images with cracks" in text
     assert "c.png: 0.700, 15.0%" in text
-    assert "22 network inputs in 2.0 s (11.0 per s)" in text
+    assert "22 network inputs (images and tiles) in 2.0 s" in text and "(11.0 per s)" in text
