@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 from torchmetrics.functional.classification import (
@@ -229,6 +230,7 @@ def training_curves_figure(history: Sequence[dict], milestones: Sequence = ()) -
                 label=f"unfreeze last {milestone.blocks} blocks",
             )
         ax.set(xlabel="epoch", title=quantity.capitalize())
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     return figure
