@@ -1,4 +1,4 @@
-"""Staged unfreezing of the backbone, on Lightning's BaseFinetuning."""
+"""Training callbacks: staged unfreezing of the backbone (on Lightning's BaseFinetuning), curves."""
 
 from __future__ import annotations
 
@@ -6,13 +6,16 @@ import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import BaseFinetuning
+from lightning.pytorch.callbacks import BaseFinetuning, Callback
 from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
+
+from crack.report import save_figure, training_curves_figure
 
 log = logging.getLogger(__name__)
 
@@ -124,3 +127,45 @@ class StagedUnfreezing(BaseFinetuning):
             rewrap_ddp(trainer)
         self._keep_frozen_in_eval(self._blocks(pl_module))
         pl_module.log("trainable_params", float(trainable_parameter_count(pl_module)))
+
+
+# Names under which CrackClassifier logs the epoch values -> their names in TrainingCurves.
+EPOCH_METRICS = {
+    "train/loss_epoch": "train/loss",
+    "train/accuracy": "train/accuracy",
+    "val/loss": "val/loss",
+    "val/accuracy": "val/accuracy",
+}
+
+
+class TrainingCurves(Callback):
+    """Record loss and accuracy per epoch and draw them, with the unfreeze milestones, to ``path``.
+
+    The figure is rewritten after every epoch, so it can be watched during training and is there
+    after an interrupted run. Its history is part of the checkpoint, so a resumed run continues it.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.history: list[dict] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Validation of this epoch has run by now, so callback_metrics holds its values too.
+        logged = trainer.callback_metrics
+        row = {"epoch": trainer.current_epoch}
+        row |= {name: float(logged[key]) for key, name in EPOCH_METRICS.items() if key in logged}
+        self.history.append(row)
+        if trainer.is_global_zero:
+            milestones = [
+                m
+                for c in trainer.callbacks
+                if isinstance(c, StagedUnfreezing)
+                for m in c.milestones
+            ]
+            save_figure(training_curves_figure(self.history, milestones), self.path)
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict["history"])

@@ -151,3 +151,17 @@ def test_resume_after_the_milestone_trains_the_unfrozen_blocks(tiny_dataset, tmp
     assert any(
         not torch.equal(v, top_before[k]) for k, v in model.features[17:].state_dict().items()
     )
+
+
+def test_training_curves_record_every_epoch_into_the_checkpoint(trained_checkpoint):
+    from PIL import Image
+
+    checkpoint = torch.load(trained_checkpoint, weights_only=True)
+    (history,) = [v["history"] for k, v in checkpoint["callbacks"].items() if "TrainingCurves" in k]
+    assert [row["epoch"] for row in history] == list(range(10))
+    assert all(
+        set(row) == {"epoch", "train/loss", "train/accuracy", "val/loss", "val/accuracy"}
+        for row in history
+    )
+    assert history[-1]["train/loss"] < history[0]["train/loss"]
+    assert Image.open(trained_checkpoint.parent / "curves.png").format == "PNG"

@@ -88,3 +88,17 @@ def test_ddp_trainer_config_builds_a_ddp_trainer(tmp_path):
 def test_resume_runs_in_the_directory_of_the_run_it_continues():
     assert _compose("train", ["resume=logs/train/a_run"]).hydra.run.dir == "logs/train/a_run"
     assert _compose("train", []).hydra.run.dir.startswith("logs/train/20")
+
+
+def test_predict_and_export_configs_compose():
+    # predict.yaml has its own folder: in conf/, `model=FILE.onnx` would pick the model group.
+    with initialize_config_dir(str(CONF / "predict"), version_base="1.3"):
+        cfg = compose("predict", overrides=["backend=onnx", "model=m.onnx", "input=photos"])
+    assert (cfg.backend, cfg.model, cfg.threshold, cfg.tiling.min_scale) == (
+        "onnx",
+        "m.onnx",
+        None,
+        1.5,
+    )
+    cfg = _compose("export", ["ckpt=some.ckpt", "format=torchscript"])
+    assert cfg.format == "torchscript" and cfg.parity.tolerance == 1e-4
