@@ -48,12 +48,13 @@ def main(cfg: DictConfig) -> float:
         sys.exit(143)  # 128 + SIGTERM, as a shell reports a process that SIGTERM ended
     # The sweeps' objective: the validation F1 of the checkpoint the run keeps. Not logged, so
     # the validation curves in TensorBoard end with the last epoch.
+    best = trainer.checkpoint_callback.best_model_path  # model_checkpoint: lowest val loss
     loggers, trainer.loggers = trainer.loggers, []
-    (val_metrics,) = trainer.validate(model, datamodule=datamodule, ckpt_path="best", verbose=False)
+    (val_metrics,) = trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
     trainer.loggers = loggers
     test_metrics = {}
     if cfg.test:
-        (test_metrics,) = trainer.test(model, datamodule=datamodule, ckpt_path="best")
+        (test_metrics,) = trainer.test(model, datamodule=datamodule, ckpt_path=best)
     report(run_dir, val_metrics, test_metrics, model.test_confusion_matrix)
     return val_metrics["val/f1"]
 
