@@ -16,13 +16,14 @@ from torch.utils.data import DataLoader
 from crack.checkpoint import load_trained_model
 from crack.data import ImageFileDataset, find_classes, index_images
 from crack.metrics import evaluation_metrics, format_metrics
+from crack.report import write_evaluation_report
 
 log = logging.getLogger("eval")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> dict:
-    """Evaluate, print a metrics table and write metrics.json into the run directory."""
+    """Evaluate, print a metrics table, write metrics.json and the report into the run directory."""
     if not cfg.ckpt:
         raise SystemExit(
             "ckpt is required: python eval.py ckpt=logs/train/<run>/checkpoints/best.ckpt"
@@ -32,8 +33,8 @@ def main(cfg: DictConfig) -> dict:
 
     if cfg.data.root:
         root = Path(cfg.data.root).expanduser().resolve()
-        classes = find_classes(root, cfg.data.positive_class)
-        samples = index_images(root, classes)  # every image, whatever its split
+        classes = find_classes(root, cfg.data.positive_class, cfg.data.classes)
+        samples, _ = index_images(root, classes)  # every readable image, whatever its split
         log.info(
             "Evaluating all %d images under %s (crack class %r)", len(samples), root, classes[1]
         )
@@ -50,8 +51,13 @@ def main(cfg: DictConfig) -> dict:
 
     metrics = evaluation_metrics(probs, labels, cfg.threshold)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    paths = [root / s.path for s in samples]
+    report = write_evaluation_report(
+        run_dir, paths, labels, probs, metrics, trained.classes, cfg.threshold, cfg.max_errors
+    )
     print(format_metrics(metrics))
-    print(f"Wrote {run_dir / 'metrics.json'}")
+    print(f"Wrote {run_dir / 'metrics.json'}, {', '.join(p.name for p in report)}")
+    print(f"TensorBoard: tensorboard --logdir {run_dir}")
     return metrics
 
 

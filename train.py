@@ -3,30 +3,37 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from crack.checkpoint import load_weights_from
+from crack.resume import restore_run
 
 log = logging.getLogger("train")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Train, test the best checkpoint, and return the final validation F1 (for sweeps)."""
+def main(cfg: DictConfig) -> float:
+    """Train, test the best checkpoint, and return its validation F1 (for sweeps)."""
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
 
     datamodule = instantiate(cfg.data, _convert_="all")
-    # Find files, classes and the split now, so bad data stops the run before anything is built.
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    datamodule.write_manifest(run_dir / "manifest.csv")
+    ckpt_path = restore_run(cfg.resume, run_dir, datamodule) if cfg.resume else None
+    # Under DDP the other processes wait for this one inside fit (Lightning's prepare_data).
+    if rank_zero_only.rank == 0:
+        # Find files, classes and the split now, so bad data stops the run before anything is built.
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        datamodule.write_manifest(run_dir / "manifest.csv")
 
     model = instantiate(cfg.model, _convert_="all")
     if cfg.init_from:
@@ -35,19 +42,36 @@ def main(cfg: DictConfig) -> float | None:
 
     callbacks = [instantiate(c, _convert_="all") for c in cfg.callbacks.values() if c]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger))
-    trainer.fit(model, datamodule=datamodule)
-    val_f1 = trainer.callback_metrics.get("val/f1")  # of the last epoch; read before testing
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:  # Lightning stopped after the current batch; ResumeHint said more
+        sys.exit(143)  # 128 + SIGTERM, as a shell reports a process that SIGTERM ended
+    # The sweeps' objective: the validation F1 of the checkpoint the run keeps. Not logged, so
+    # the validation curves in TensorBoard end with the last epoch.
+    best = trainer.checkpoint_callback.best_model_path  # model_checkpoint: lowest val loss
+    loggers, trainer.loggers = trainer.loggers, []
+    (val_metrics,) = trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
+    trainer.loggers = loggers
+    test_metrics = {}
+    if cfg.test:
+        (test_metrics,) = trainer.test(model, datamodule=datamodule, ckpt_path=best)
+    report(run_dir, val_metrics, test_metrics, model.test_confusion_matrix)
+    return val_metrics["val/f1"]
 
+
+@rank_zero_only  # once, not once per DDP process
+def report(run_dir: Path, val_metrics: dict, test_metrics: dict, confusion: list | None) -> None:
+    """Print where the outputs are and the metrics of the best checkpoint."""
     checkpoints = run_dir / "checkpoints"
     print(f"\nCheckpoints: {checkpoints}/best.ckpt (lowest val loss), {checkpoints}/last.ckpt")
     print(f"TensorBoard: tensorboard --logdir {run_dir}")
-    if cfg.test:
-        (metrics,) = trainer.test(model, datamodule=datamodule, ckpt_path="best")
-        print("Test metrics of the best checkpoint:")
-        for name, value in metrics.items():
-            print(f"  {name:16s} {value:.4f}")
-        print(f"  confusion [[tn, fp], [fn, tp]]: {model.test_confusion_matrix}")
-    return None if val_f1 is None else float(val_f1)
+    for title, metrics in ("Validation", val_metrics), ("Test", test_metrics):
+        if metrics:
+            print(f"{title} metrics of the best checkpoint:")
+            for name, value in metrics.items():
+                print(f"  {name:16s} {value:.4f}")
+    if test_metrics:
+        print(f"  confusion [[tn, fp], [fn, tp]]: {confusion}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Crack classifier library."""
 
+from __future__ import annotations
+
 import os
 
 from omegaconf import OmegaConf
@@ -22,3 +24,13 @@ def usable_cpus(at_most: int) -> int:
 # every entry point that imports crack can compose the configs.
 OmegaConf.register_new_resolver("crack.precision", fastest_precision, replace=True)
 OmegaConf.register_new_resolver("crack.cpus", usable_cpus, replace=True)
+
+
+def run_dir(resume: str | None, new: str) -> str:
+    """The run directory: that of the run to resume (``resume=RUN_DIR``), else a new one."""
+    return new if resume is None else resume
+
+
+# Used in conf/train.yaml (hydra.run.dir); registered on import, so every entry point that
+# imports crack can compose the configs.
+OmegaConf.register_new_resolver("crack.run_dir", run_dir, replace=True)

@@ -1,4 +1,4 @@
-"""Staged unfreezing of the backbone, on Lightning's BaseFinetuning."""
+"""Training callbacks: staged unfreezing of the backbone (on Lightning's BaseFinetuning), curves."""
 
 from __future__ import annotations
 
@@ -6,11 +6,16 @@ import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import BaseFinetuning
+from lightning.pytorch.callbacks import BaseFinetuning, Callback
+from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
+
+from crack.report import save_figure, training_curves_figure
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +38,19 @@ def is_frozen(module: nn.Module) -> bool:
 
 def trainable_parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def rewrap_ddp(trainer: L.Trainer) -> None:
+    """Wrap the model in a new DistributedDataParallel after parameters were unfrozen.
+
+    DDP averages across processes the gradients of the parameters that were trainable when it
+    wrapped the model, and no others: without this, each process would train the unfrozen blocks
+    on its own data only, and the processes' models would drift apart (Lightning issue #20340).
+    """
+    strategy = trainer.strategy
+    if isinstance(strategy, DDPStrategy) and isinstance(strategy.model, DistributedDataParallel):
+        strategy.model = strategy.lightning_module
+        strategy.configure_ddp()
 
 
 class StagedUnfreezing(BaseFinetuning):
@@ -75,14 +93,19 @@ class StagedUnfreezing(BaseFinetuning):
                 block.eval()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # On resume, BaseFinetuning restores the optimizer's param groups; the blocks unfrozen
-        # before the checkpoint was written must be trainable again too.
+        # On resume, BaseFinetuning puts back the optimizer's param groups as they were when the
+        # checkpoint was written; the blocks in them must be trainable again too. (The epoch is
+        # not restored yet at this point, so the groups, not the milestones, tell which.)
         super().on_fit_start(trainer, pl_module)
-        blocks = self._blocks(pl_module)
-        for m in self.milestones:
-            if m.epoch < trainer.current_epoch:
-                self.make_trainable(blocks[-m.blocks :])
-                blocks[-m.blocks :].train()
+        optimized = {id(p) for o in trainer.optimizers for g in o.param_groups for p in g["params"]}
+        unfrozen = [
+            b for b in self._blocks(pl_module) if any(id(p) in optimized for p in b.parameters())
+        ]
+        for block in unfrozen:
+            self.make_trainable(block)
+            block.train()
+        if unfrozen:
+            rewrap_ddp(trainer)
 
     def finetune_function(
         self, pl_module: L.LightningModule, epoch: int, optimizer: Optimizer
@@ -99,6 +122,50 @@ class StagedUnfreezing(BaseFinetuning):
             )
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_epoch_start(trainer, pl_module)
+        super().on_train_epoch_start(trainer, pl_module)  # calls finetune_function
+        if any(m.epoch == trainer.current_epoch for m in self.milestones):
+            rewrap_ddp(trainer)
         self._keep_frozen_in_eval(self._blocks(pl_module))
         pl_module.log("trainable_params", float(trainable_parameter_count(pl_module)))
+
+
+# Names under which CrackClassifier logs the epoch values -> their names in TrainingCurves.
+EPOCH_METRICS = {
+    "train/loss_epoch": "train/loss",
+    "train/accuracy": "train/accuracy",
+    "val/loss": "val/loss",
+    "val/accuracy": "val/accuracy",
+}
+
+
+class TrainingCurves(Callback):
+    """Record loss and accuracy per epoch and draw them, with the unfreeze milestones, to ``path``.
+
+    The figure is rewritten after every epoch, so it can be watched during training and is there
+    after an interrupted run. Its history is part of the checkpoint, so a resumed run continues it.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.history: list[dict] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Validation of this epoch has run by now, so callback_metrics holds its values too.
+        logged = trainer.callback_metrics
+        row = {"epoch": trainer.current_epoch}
+        row |= {name: float(logged[key]) for key, name in EPOCH_METRICS.items() if key in logged}
+        self.history.append(row)
+        if trainer.is_global_zero:
+            milestones = [
+                m
+                for c in trainer.callbacks
+                if isinstance(c, StagedUnfreezing)
+                for m in c.milestones
+            ]
+            save_figure(training_curves_figure(self.history, milestones), self.path)
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict["history"])

@@ -6,6 +6,7 @@ import torch
 from torchmetrics.functional.classification import (
     binary_accuracy,
     binary_auroc,
+    binary_average_precision,
     binary_confusion_matrix,
     binary_f1_score,
     binary_precision,
@@ -14,18 +15,25 @@ from torchmetrics.functional.classification import (
 
 
 def evaluation_metrics(probs: torch.Tensor, labels: torch.Tensor, threshold: float = 0.5) -> dict:
-    """Accuracy, precision, recall, F1, AUROC, image count and confusion matrix [[tn, fp], [fn, tp]].
+    """Accuracy, precision, recall, F1, AUROC, average precision, image count, confusion matrix.
+
+    The confusion matrix is ``[[tn, fp], [fn, tp]]``.
 
     Uses the same torchmetrics definitions as the LightningModule's test metrics, so the two agree.
     """
     labels = labels.long()
+    # AUROC and average precision are undefined with a single class present (e.g. a folder of
+    # only cracks).
+    both_classes = labels.unique().numel() == 2
     metrics = {
         "accuracy": binary_accuracy(probs, labels, threshold),
         "precision": binary_precision(probs, labels, threshold),
         "recall": binary_recall(probs, labels, threshold),
         "f1": binary_f1_score(probs, labels, threshold),
-        # AUROC is undefined with a single class present (e.g. a folder of only cracks).
-        "auroc": binary_auroc(probs, labels) if labels.unique().numel() == 2 else float("nan"),
+        "auroc": binary_auroc(probs, labels) if both_classes else float("nan"),
+        "average_precision": (
+            binary_average_precision(probs, labels) if both_classes else float("nan")
+        ),
     }
     metrics = {name: float(value) for name, value in metrics.items()}
     metrics["num_images"] = len(labels)

@@ -9,7 +9,7 @@ from functools import partial
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryAUROC,
@@ -100,6 +100,10 @@ class CrackClassifier(L.LightningModule):
         self.train_accuracy = BinaryAccuracy()
         self.val_metrics = classification_metrics().clone(prefix="val/")
         self.test_metrics = classification_metrics().clone(prefix="test/")
+        # torchmetrics gathers these across DDP processes: loss and image count are those of the
+        # whole validation (test) set, not of one process's share.
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.val_images, self.test_images = SumMetric(), SumMetric()
         self.test_confusion = BinaryConfusionMatrix()
         self.test_confusion_matrix: list[list[int]] | None = None
 
@@ -151,21 +155,27 @@ class CrackClassifier(L.LightningModule):
     ) -> torch.Tensor:
         loss, probs, labels = self._step(batch)
         self.train_accuracy(probs, labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("train/accuracy", self.train_accuracy, on_step=False, on_epoch=True)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         loss, probs, labels = self._step(batch)
         self.val_metrics.update(probs, labels)
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True)
+        self.val_loss.update(loss, weight=len(labels))
+        self.val_images.update(len(labels))
+        self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
+        self.log("val/num_images", self.val_images, on_epoch=True)
         self.log_dict(self.val_metrics, on_epoch=True)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         loss, probs, labels = self._step(batch)
         self.test_metrics.update(probs, labels)
         self.test_confusion.update(probs, labels)
-        self.log("test/loss", loss, on_epoch=True)
+        self.test_loss.update(loss, weight=len(labels))
+        self.test_images.update(len(labels))
+        self.log("test/loss", self.test_loss, on_epoch=True)
+        self.log("test/num_images", self.test_images, on_epoch=True)
         self.log_dict(self.test_metrics, on_epoch=True)
 
     def on_test_epoch_end(self) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from PIL import Image, ImageOps
@@ -12,6 +14,13 @@ from torchvision.transforms import v2
 # The statistics the torchvision ImageNet weights were trained with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Images with more pixels are refused (data.max_image_pixels). A crack photo has a few million;
+# Pillow refuses more than 2 x Image.MAX_IMAGE_PIXELS (about 179 million) in any case.
+MAX_IMAGE_PIXELS = 100_000_000
+# Pillow's warning at its own threshold is replaced by the explicit limit of open_image (a
+# filter set once: warnings.catch_warnings is not thread-safe, and files are checked in threads).
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 @dataclass(frozen=True)
@@ -77,11 +86,52 @@ class Preprocessing:
         return v2.Compose(steps)
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image file as RGB, with its EXIF orientation applied."""
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16-bit grey: scale to 8 bits before RGB conversion, which would otherwise clip.
-            image = image.point(lambda v: v / 256).convert("L")
-        return image.convert("RGB")
+class ImageTooLargeError(ValueError):
+    """An image with more pixels than allowed (``data.max_image_pixels``): a decompression bomb."""
+
+
+def open_image(source: str | Path | BinaryIO, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open an image lazily (header only), refusing one with more than ``max_pixels`` pixels.
+
+    The size is known before any pixel is decoded, so a decompression bomb (a small file that
+    decodes to gigabytes) is refused here, with an error naming the file and the option.
+    """
+    name = getattr(source, "name", source)
+    try:
+        image = Image.open(source)
+    except Image.DecompressionBombError as error:
+        # Over Pillow's hard cap (2 x PIL.Image.MAX_IMAGE_PIXELS), normally above max_pixels.
+        ours = Image.MAX_IMAGE_PIXELS is None or max_pixels < 2 * Image.MAX_IMAGE_PIXELS
+        limit = f"over data.max_image_pixels={max_pixels:,}" if ours else "over Pillow's limit"
+        raise ImageTooLargeError(f"{name}: refused, {limit} (Pillow: {error})") from error
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise ImageTooLargeError(
+            f"{name}: refused, {width}x{height} = {width * height:,} pixels is over "
+            f"data.max_image_pixels={max_pixels:,} (a decompression bomb?). "
+            "Raise data.max_image_pixels if the photo is genuine."
+        )
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow image as 8-bit RGB, with its EXIF orientation applied.
+
+    Handles grey, grey + alpha, palette (with or without transparency), RGBA, CMYK, 1-bit and
+    16-bit images; alpha is dropped (as torchvision's ImageFolder loader does).
+    """
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grey: scale to 8 bits before RGB conversion, which would otherwise clip.
+        image = image.point(lambda v: v / 256).convert("L")
+    elif image.mode == "P" and "transparency" in image.info:
+        # Pillow warns on a direct P -> RGB conversion of a palette with transparency.
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def load_rgb(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open an image file as RGB, with its EXIF orientation applied (see :func:`to_rgb`)."""
+    with open_image(path, max_pixels) as image:
+        return to_rgb(image)

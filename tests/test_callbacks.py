@@ -106,3 +106,62 @@ def test_unfreezes_the_last_blocks_at_the_milestone_with_lower_lr(tiny_dataset):
 def test_milestone_blocks_are_checked(tiny_dataset):
     with pytest.raises(ValueError, match="blocks must be in 1..19"):
         _fit(_model(), tiny_dataset, StagedUnfreezing([{"epoch": 0, "blocks": 40}]), epochs=1)
+
+
+def test_resume_after_the_milestone_trains_the_unfrozen_blocks(tiny_dataset, tmp_path):
+    milestones = [{"epoch": 0, "blocks": 2, "lr_factor": 0.1}]
+    first = _fit(_model(), tiny_dataset, StagedUnfreezing(milestones), epochs=1)
+    first.save_checkpoint(tmp_path / "epoch0.ckpt")
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            top, rest = pl_module.features[17:], pl_module.features[:17]
+            groups = trainer.optimizers[0].param_groups
+            seen.append(
+                {
+                    "top_trainable": all(p.requires_grad for p in top.parameters()),
+                    "top_training": all(m.training for b in top for m in b.modules()),
+                    "rest_frozen": not any(p.requires_grad for p in rest.parameters()),
+                    "rest_eval": not any(m.training for b in rest for m in b.modules()),
+                    "lrs": [g["lr"] for g in groups],
+                    "top_in_group_1": {id(p) for p in groups[1]["params"]}
+                    == {id(p) for p in top.parameters()},
+                }
+            )
+
+    model = _model()
+    top_before = {k: v.clone() for k, v in model.features[17:].state_dict().items()}
+    dm = CrackDataModule(str(tiny_dataset), image_size=32, batch_size=8, num_workers=0)
+    trainer = L.Trainer(
+        max_epochs=2, callbacks=[StagedUnfreezing(milestones), Spy()], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+    )  # fmt: skip
+    trainer.fit(model, datamodule=dm, ckpt_path=tmp_path / "epoch0.ckpt")
+
+    assert seen and seen[0] == {
+        "top_trainable": True, "top_training": True, "rest_frozen": True, "rest_eval": True,
+        "lrs": [pytest.approx(1e-3), pytest.approx(1e-4)], "top_in_group_1": True,
+    }  # fmt: skip
+    resumed_top = first.lightning_module.features[17:].state_dict()
+    assert any(
+        not torch.equal(v, resumed_top[k]) for k, v in model.features[17:].state_dict().items()
+    )
+    assert any(
+        not torch.equal(v, top_before[k]) for k, v in model.features[17:].state_dict().items()
+    )
+
+
+def test_training_curves_record_every_epoch_into_the_checkpoint(trained_checkpoint):
+    from PIL import Image
+
+    checkpoint = torch.load(trained_checkpoint, weights_only=True)
+    (history,) = [v["history"] for k, v in checkpoint["callbacks"].items() if "TrainingCurves" in k]
+    assert [row["epoch"] for row in history] == list(range(10))
+    assert all(
+        set(row) == {"epoch", "train/loss", "train/accuracy", "val/loss", "val/accuracy"}
+        for row in history
+    )
+    assert history[-1]["train/loss"] < history[0]["train/loss"]
+    assert Image.open(trained_checkpoint.parent / "curves.png").format == "PNG"

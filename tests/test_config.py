@@ -73,3 +73,32 @@ def test_machine_dependent_defaults(monkeypatch):
     monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda: True)
     assert cfg.trainer.precision == "bf16-mixed"  # resolved when read
     assert _compose("train", ["trainer.accelerator=cpu"]).trainer.precision == "32-true"
+
+
+def test_ddp_trainer_config_builds_a_ddp_trainer(tmp_path):
+    from lightning.pytorch.strategies import DDPStrategy
+
+    overrides = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+    cfg = _compose("train", [*overrides, f"hydra.runtime.output_dir={tmp_path}"])
+    trainer = instantiate(cfg.trainer)
+    assert isinstance(trainer.strategy, DDPStrategy) and trainer.num_devices == 2
+    assert cfg.trainer.max_epochs == 15  # experiment=frozen (the default) still applies
+
+
+def test_resume_runs_in_the_directory_of_the_run_it_continues():
+    assert _compose("train", ["resume=logs/train/a_run"]).hydra.run.dir == "logs/train/a_run"
+    assert _compose("train", []).hydra.run.dir.startswith("logs/train/20")
+
+
+def test_predict_and_export_configs_compose():
+    # predict.yaml has its own folder: in conf/, `model=FILE.onnx` would pick the model group.
+    with initialize_config_dir(str(CONF / "predict"), version_base="1.3"):
+        cfg = compose("predict", overrides=["backend=onnx", "model=m.onnx", "input=photos"])
+    assert (cfg.backend, cfg.model, cfg.threshold, cfg.tiling.min_scale) == (
+        "onnx",
+        "m.onnx",
+        None,
+        1.5,
+    )
+    cfg = _compose("export", ["ckpt=some.ckpt", "format=torchscript"])
+    assert cfg.format == "torchscript" and cfg.parity.tolerance == 1e-4

@@ -1,7 +1,8 @@
-"""train.py and eval.py end to end, as a user runs them (subprocesses, tiny synthetic data)."""
+"""The entry points end to end, as a user runs them (subprocesses, tiny synthetic data)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -9,12 +10,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torchvision.models import mobilenet_v2
 
+from crack.synthetic import draw_crack, make_image, make_texture
+
 ROOT = Path(__file__).resolve().parents[1]
-METRICS_KEYS = {"accuracy", "precision", "recall", "f1", "auroc", "num_images", "confusion_matrix"}
+METRICS_KEYS = {
+    "accuracy", "precision", "recall", "f1", "auroc", "average_precision", "num_images",
+    "confusion_matrix",
+}  # fmt: skip
 
 
 def run(script: str, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -59,8 +67,10 @@ def test_train_writes_checkpoints_manifest_and_logs(demo_run):
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert list(run_dir.glob("events.out.tfevents.*"))
+    assert Image.open(run_dir / "curves.png").format == "PNG"
     manifest = (run_dir / "manifest.csv").read_text().splitlines()
-    assert manifest[0] == "path,label,split" and len(manifest) == 61
+    assert manifest[0] == "path,label,split,sha256,group" and len(manifest) == 61
+    assert json.loads((run_dir / "manifest.json").read_text())["files_found"] == 60
     stdout = (demo_run / "stdout.txt").read_text()
     assert "best.ckpt" in stdout and "tensorboard --logdir" in stdout
     assert set(printed_test_metrics(stdout)) >= {"accuracy", "precision", "recall", "f1", "auroc"}
@@ -74,10 +84,16 @@ def test_eval_reproduces_the_test_metrics(demo_run):
     test_rows = [
         r
         for r in (demo_run / "run" / "manifest.csv").read_text().splitlines()
-        if r.endswith(",test")
+        if r.split(",")[2] == "test"
     ]
     assert metrics["num_images"] == len(test_rows) == 6
     assert sum(map(sum, metrics["confusion_matrix"])) == 6
+    for figure in ("confusion_matrix.png", "roc_pr.png", "errors.png"):
+        assert Image.open(demo_run / "eval" / figure).format == "PNG"
+    rows = list(csv.DictReader((demo_run / "eval" / "predictions.csv").open()))
+    assert len(rows) == 6 and set(rows[0]) == {"path", "label", "probability", "predicted"}
+    assert all(Path(r["path"]).is_file() for r in rows)
+    assert list((demo_run / "eval").glob("events.out.tfevents.*"))
     printed = printed_test_metrics((demo_run / "stdout.txt").read_text())
     for name in ("accuracy", "precision", "recall", "f1", "auroc"):
         assert metrics[name] == pytest.approx(printed[name], abs=1e-4), name
@@ -141,3 +157,50 @@ def test_train_offline_weights_error_names_the_fix(tiny_dataset, tmp_path):
     result = run("train.py", f"data.root={tiny_dataset}", f"hydra.run.dir={tmp_path}", check=False)
     assert result.returncode != 0
     assert "model.weights_path" in result.stderr and "mobilenet_v2-b0353104.pth" in result.stderr
+
+
+def test_export_onnx_then_predict_a_folder_through_onnx_runtime(demo_run, tmp_path):
+    ckpt = demo_run / "run" / "checkpoints" / "best.ckpt"
+    exported = run(
+        "export.py", f"ckpt={ckpt}", "format=onnx", f"hydra.run.dir={tmp_path / 'export'}"
+    )
+    assert "Parity on 6 test-split images" in exported.stdout
+    assert "Parity check passed." in exported.stdout
+    model = tmp_path / "export" / "model.onnx"
+
+    photos = tmp_path / "photos"
+    (photos / "site").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    make_image(rng, 32, crack=True).save(photos / "a.jpg")
+    make_image(rng, 40, crack=False).convert("L").save(photos / "site" / "b.png")
+    large = draw_crack(make_texture(rng, 96, 64, scale=0.5), rng, region=(32, 0, 64, 32))
+    large.save(photos / "site" / "large.tif")
+    (photos / "broken.jpg").write_bytes(b"not an image")
+    (photos / "notes.txt").write_text("not an image file name: skipped")
+    result = run(
+        "predict.py", "backend=onnx", f"model={model}", f"input={photos}",
+        f"hydra.run.dir={tmp_path / 'predict'}",
+    )  # fmt: skip
+    assert "4 files: 3 read, 1 unreadable." in result.stdout
+    assert "1 large photos scanned in 15 tiles" in result.stdout
+    rows = {
+        Path(r["path"]).name: r
+        for r in csv.DictReader((tmp_path / "predict" / "predictions.csv").open())
+    }
+    assert set(rows) == {"a.jpg", "b.png", "large.tif", "broken.jpg"}
+    assert rows["broken.jpg"]["error"] and not rows["broken.jpg"]["probability"]
+    assert rows["large.tif"]["tiles"] == "15" and rows["a.jpg"]["tiles"] == "0"
+    heatmap = tmp_path / "predict" / "heatmaps" / "site__large.png"
+    assert rows["large.tif"]["heatmap"] == str(heatmap) and Image.open(heatmap).format == "PNG"
+
+
+def test_predict_fails_only_when_no_file_is_readable(demo_run, tmp_path):
+    ckpt = demo_run / "run" / "checkpoints" / "best.ckpt"
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "broken.png").write_bytes(b"not an image")
+    result = run("predict.py", f"ckpt={ckpt}", f"input={tmp_path / 'in'}",
+                 f"hydra.run.dir={tmp_path / 'out'}", check=False)  # fmt: skip
+    assert result.returncode != 0
+    assert "None of the 1 files" in result.stderr and "could be read" in result.stderr
+    rows = list(csv.DictReader((tmp_path / "out" / "predictions.csv").open()))
+    assert len(rows) == 1 and "UnidentifiedImageError" in rows[0]["error"]

@@ -1,0 +1,286 @@
+"""Prediction on photos of any size, through PyTorch or ONNX Runtime.
+
+Photos about the size the model was trained on are classified whole. Larger photos (a 4032x3024
+phone photo) are scanned with overlapping tiles of the training size: the photo's crack
+probability is its highest tile probability, and the tiles give a probability map for a heatmap.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from crack.export import INPUT_NAME, OUTPUT_NAME, ProbabilityModel, parse_metadata
+from crack.preprocessing import Preprocessing, load_rgb
+from crack.report import heatmap_figure, save_figure
+
+log = logging.getLogger(__name__)
+
+# Probability maps are kept at most this many cells on the longer side: enough for a heatmap.
+MAP_SIZE = 512
+
+
+class Classifier(Protocol):
+    """A model with the preprocessing it expects: images in, crack probabilities out."""
+
+    preprocessing: Preprocessing
+    classes: list[str]  # by label: [intact, crack]
+    threshold: float  # the default decision threshold
+
+    def __call__(self, images: torch.Tensor) -> np.ndarray: ...
+
+
+class TorchClassifier:
+    """A trained checkpoint, run with PyTorch."""
+
+    def __init__(self, ckpt: str | Path, threshold: float = 0.5) -> None:
+        from crack.checkpoint import load_trained_model  # the only backend that needs model code
+
+        trained = load_trained_model(ckpt)
+        self.model = ProbabilityModel(trained.model.features, trained.model.head).eval()
+        self.preprocessing = trained.preprocessing
+        self.classes = trained.classes
+        self.threshold = threshold
+
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return self.model(images).numpy()
+
+
+class OnnxClassifier:
+    """A model exported by ``export.py format=onnx``, run with ONNX Runtime.
+
+    The preprocessing, class names and threshold come from the file's metadata.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        import onnxruntime
+
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"model={str(path)!r} does not exist (an .onnx file).")
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.preprocessing, self.classes, self.threshold = parse_metadata(
+            metadata, f"model={str(path)!r}"
+        )
+
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """When and how a large photo is scanned in tiles.
+
+    Args:
+        tile_size: tile side in pixels of the photo; None: the model's input size.
+        stride: pixels between neighbouring tiles; None: half the tile size.
+        min_scale: a photo is tiled when a side exceeds ``min_scale`` x tile size; smaller photos
+            are classified whole (the reference dataset's 227 px photos are resized to 224).
+    """
+
+    tile_size: int | None = None
+    stride: int | None = None
+    min_scale: float = 1.5
+
+
+def tile_positions(length: int, tile: int, stride: int) -> list[int]:
+    """Tile starts along one side: every ``stride`` pixels, plus one flush with the far edge."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] != length - tile:
+        starts.append(length - tile)
+    return starts
+
+
+def tile_boxes(width: int, height: int, tile: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """``(left, top, right, bottom)`` of overlapping tiles that cover the whole photo."""
+    return [
+        (left, top, min(left + tile, width), min(top + tile, height))
+        for top in tile_positions(height, tile, stride)
+        for left in tile_positions(width, tile, stride)
+    ]
+
+
+def probability_map(
+    width: int, height: int, boxes: Sequence[tuple[int, int, int, int]], probs: np.ndarray
+) -> np.ndarray:
+    """Per-pixel mean probability of the tiles covering it, at most ``MAP_SIZE`` cells a side."""
+    factor = max(1.0, max(width, height) / MAP_SIZE)
+    rows, cols = round(height / factor), round(width / factor)
+    total = np.zeros((rows, cols), np.float32)
+    count = np.zeros((rows, cols), np.float32)
+    for (left, top, right, bottom), p in zip(boxes, probs, strict=True):
+        cells = np.s_[
+            round(top / factor) : round(bottom / factor),
+            round(left / factor) : round(right / factor),
+        ]
+        total[cells] += p
+        count[cells] += 1
+    return total / np.maximum(count, 1)
+
+
+@dataclass
+class Prediction:
+    """The result for one file; ``error`` says why a file could not be read."""
+
+    path: Path
+    probability: float | None = None  # crack probability; the highest tile's for a tiled photo
+    tiles: int = 0  # 0: classified whole
+    tile_fraction: float | None = None  # fraction of tiles at or over the threshold
+    heatmap: Path | None = None
+    error: str | None = None
+    tile_probabilities: np.ndarray | None = field(default=None, repr=False)  # as `tile_boxes`
+    probability_map: np.ndarray | None = field(default=None, repr=False)
+
+
+def predict_tiles(
+    classifier: Classifier, photo: Image.Image, tile: int, stride: int, batch_size: int
+) -> tuple[list[tuple[int, int, int, int]], np.ndarray]:
+    """Tile boxes of ``photo`` and the crack probability of each, computed in batches."""
+    pixels = v2.functional.pil_to_tensor(photo)  # uint8 (3, H, W); tiles are views into it
+    transform = classifier.preprocessing.transform()
+    boxes = tile_boxes(photo.width, photo.height, tile, stride)
+    probs = []
+    for start in range(0, len(boxes), batch_size):
+        batch = boxes[start : start + batch_size]
+        tiles = torch.stack(
+            [pixels[:, top:bottom, left:right] for left, top, right, bottom in batch]
+        )
+        probs.append(classifier(transform(tiles)))
+    return boxes, np.concatenate(probs)
+
+
+def _error_message(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}".replace("\n", " ")
+
+
+def predict_files(
+    classifier: Classifier,
+    paths: Sequence[Path],
+    threshold: float,
+    batch_size: int = 32,
+    tiling: Tiling = Tiling(),
+    heatmap_dir: Path | None = None,
+    root: Path | None = None,
+) -> list[Prediction]:
+    """Predict every file: whole images in batches across files, large photos tile by tile.
+
+    A file that cannot be read gets a `Prediction` with its ``error``; the others go on.
+    Heatmaps of tiled photos go to ``heatmap_dir`` (named after their path below ``root``).
+    """
+    transform = classifier.preprocessing.transform()
+    tile = tiling.tile_size or classifier.preprocessing.image_size
+    stride = tiling.stride or max(1, tile // 2)
+    results = [Prediction(Path(p)) for p in paths]
+    pending: list[tuple[Prediction, torch.Tensor]] = []
+
+    def flush() -> None:
+        probs = classifier(torch.stack([image for _, image in pending]))
+        for (result, _), prob in zip(pending, probs, strict=True):
+            result.probability = float(prob)
+        pending.clear()
+
+    for result in results:
+        try:
+            photo = load_rgb(result.path)
+            if max(photo.size) <= tiling.min_scale * tile:
+                pending.append((result, transform(photo)))
+                if len(pending) == batch_size:
+                    flush()
+                continue
+            boxes, probs = predict_tiles(classifier, photo, tile, stride, batch_size)
+        except Exception as error:  # PIL raises many kinds (OSError, SyntaxError, ...): go on
+            result.error = _error_message(error)
+            log.warning("Could not read %s: %s", result.path, result.error)
+            continue
+        result.probability = float(probs.max())
+        result.tiles = len(boxes)
+        result.tile_fraction = float((probs >= threshold).mean())
+        result.tile_probabilities = probs
+        result.probability_map = probability_map(photo.width, photo.height, boxes, probs)
+        if heatmap_dir is not None:
+            result.heatmap = write_heatmap(result, photo, threshold, heatmap_dir, root)
+    if pending:
+        flush()
+    return results
+
+
+def write_heatmap(
+    result: Prediction, photo: Image.Image, threshold: float, folder: Path, root: Path | None
+) -> Path:
+    """Write the heatmap overlay of a tiled photo as ``folder/<path below root>.png``."""
+    relative = result.path.relative_to(root) if root else Path(result.path.name)
+    name = "__".join(relative.with_suffix("").parts) + ".png"
+    title = (
+        f"{relative}: highest tile probability {result.probability:.3f}, "
+        f"{result.tile_fraction:.1%} of {result.tiles} tiles >= {threshold:g}; cyan: map >= {threshold:g}"
+    )
+    figure = heatmap_figure(photo, result.probability_map, threshold, title)
+    return save_figure(figure, folder / name)
+
+
+def write_predictions(
+    path: Path, results: Sequence[Prediction], threshold: float, classes: Sequence[str]
+) -> Path:
+    """predictions.csv: path, crack probability, label (1 = crack), class, tiles, error."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["path", "probability", "label", "class", "tiles", "tile_fraction", "heatmap", "error"]
+        )
+        for r in results:
+            readable = r.probability is not None
+            label = int(r.probability >= threshold) if readable else None
+            writer.writerow(
+                [
+                    str(r.path),
+                    f"{r.probability:.6f}" if readable else "",
+                    "" if label is None else label,
+                    "" if label is None else classes[label],
+                    r.tiles if readable else "",
+                    "" if r.tile_fraction is None else f"{r.tile_fraction:.4f}",
+                    r.heatmap or "",
+                    r.error or "",
+                ]
+            )
+    return path
+
+
+def summary(results: Sequence[Prediction], threshold: float, seconds: float) -> str:
+    """How many files were read, tiled and found cracked, how many failed, and the speed."""
+    read = [r for r in results if r.error is None]
+    tiled = [r for r in read if r.tiles]
+    cracked = [r for r in read if r.probability >= threshold]
+    inputs = len(read) - len(tiled) + sum(r.tiles for r in tiled)
+    lines = [
+        f"{len(results)} files: {len(read)} read, {len(results) - len(read)} unreadable.",
+        f"{len(cracked)} of {len(read)} images with cracks (crack probability >= {threshold:g}).",
+    ]
+    if tiled:
+        lines.append(
+            f"{len(tiled)} large photos scanned in {sum(r.tiles for r in tiled)} tiles; "
+            "per photo: highest tile probability, fraction of tiles over the threshold:"
+        )
+        lines += [f"  {r.path}: {r.probability:.3f}, {r.tile_fraction:.1%}" for r in tiled]
+    lines.append(
+        f"{inputs} network inputs (images and tiles) in {seconds:.1f} s, reading and heatmaps "
+        f"included ({inputs / max(seconds, 1e-9):.1f} per s)."
+    )
+    return "\n".join(lines)

@@ -1,0 +1,88 @@
+"""Predict cracks in photos: python predict.py ckpt=PATH input=PHOTO_OR_FOLDER [backend=onnx model=F]."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from crack.data import IMAGE_EXTENSIONS, list_images
+from crack.inference import (
+    OnnxClassifier,
+    Tiling,
+    TorchClassifier,
+    predict_files,
+    summary,
+    write_predictions,
+)
+
+
+def build_classifier(cfg: DictConfig) -> TorchClassifier | OnnxClassifier:
+    if cfg.backend == "torch":
+        if not cfg.ckpt:
+            raise SystemExit(
+                "ckpt is required: python predict.py ckpt=logs/train/<run>/checkpoints/best.ckpt "
+                "input=PHOTO_OR_FOLDER (or backend=onnx model=FILE.onnx)"
+            )
+        return TorchClassifier(cfg.ckpt)
+    if cfg.backend == "onnx":
+        if not cfg.model:
+            raise SystemExit(
+                "backend=onnx needs model=FILE.onnx (written by python export.py ckpt=... "
+                "format=onnx)"
+            )
+        return OnnxClassifier(cfg.model, cfg.threads)
+    raise SystemExit(f"backend={cfg.backend!r} is not one of: torch, onnx")
+
+
+# Its own config folder: in conf/, `model=FILE.onnx` would select the `model` config group.
+@hydra.main(version_base="1.3", config_path="conf/predict", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    """Predict every image, write predictions.csv (and heatmaps of large photos), print a summary."""
+    if not cfg.input:
+        raise SystemExit("input is required: python predict.py ckpt=PATH input=PHOTO_OR_FOLDER")
+    source = Path(cfg.input).expanduser()
+    if source.is_dir():
+        paths, root = list_images(source), source
+        if not paths:
+            raise SystemExit(f"input={str(source)!r} holds no images {sorted(IMAGE_EXTENSIONS)}.")
+    elif source.is_file():
+        paths, root = [source], source.parent
+    else:
+        raise SystemExit(f"input={str(source)!r} is neither an image file nor a folder.")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    classifier = build_classifier(cfg)
+    threshold = classifier.threshold if cfg.threshold is None else cfg.threshold
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+
+    start = time.perf_counter()
+    results = predict_files(
+        classifier,
+        paths,
+        threshold,
+        cfg.batch_size,
+        Tiling(**cfg.tiling),
+        run_dir / "heatmaps" if cfg.heatmaps else None,
+        root,
+    )
+    seconds = time.perf_counter() - start
+    csv_path = write_predictions(
+        run_dir / "predictions.csv", results, threshold, classifier.classes
+    )
+    print(summary(results, threshold, seconds))
+    threads = torch.get_num_threads() if cfg.backend == "torch" else cfg.threads or "default"
+    print(f"Backend {cfg.backend}, batch size {cfg.batch_size}, threads: {threads}.")
+    print(f"Wrote {csv_path}")
+    if all(r.error for r in results):
+        raise SystemExit(
+            f"None of the {len(results)} files under input={str(source)!r} could be read."
+        )
+
+
+if __name__ == "__main__":
+    main()
