@@ -14,7 +14,9 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from crack.checkpoint import load_trained_model
-from crack.data import ImageFileDataset, find_classes, index_images
+from crack.classes import find_classes
+from crack.data import ImageFileDataset
+from crack.index import index_images
 from crack.metrics import evaluation_metrics, format_metrics
 from crack.report import write_evaluation_report
 

@@ -10,7 +10,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from crack.data import IMAGE_EXTENSIONS, list_images
+from crack.files import IMAGE_EXTENSIONS, list_images
 from crack.inference import (
     OnnxClassifier,
     Tiling,

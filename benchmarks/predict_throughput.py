@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from crack.data import list_images
+from crack.files import list_images
 from crack.inference import OnnxClassifier, TorchClassifier, predict_files
 
 

@@ -44,7 +44,8 @@ from omegaconf import open_dict
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 
-from crack.data import CrackDataModule, ImageFileDataset, has_split_folders
+from crack.classes import has_split_folders
+from crack.data import CrackDataModule, ImageFileDataset
 from crack.model import CrackClassifier
 from crack.splits import SPLITS, Sample
 

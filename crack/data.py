@@ -1,4 +1,4 @@
-"""Crack image folders: finding the files, the dataset, and the Lightning DataModule."""
+"""The Lightning DataModule of a crack image folder, and the dataset that reads its files."""
 
 from __future__ import annotations
 
@@ -19,17 +19,9 @@ from crack.cache import (
     image_store,
     to_float32,
 )
-from crack.classes import class_names_by_label, detect_positive_class
-from crack.files import (
-    BAD_FILE_POLICIES,
-    IGNORED_FOLDERS,
-    IMAGE_EXTENSIONS,
-    check_images,
-    describe_kinds,
-    handle_bad_files,
-    list_files,
-    list_images,
-)
+from crack.classes import find_classes
+from crack.files import BAD_FILE_POLICIES
+from crack.index import index_images
 from crack.preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -39,190 +31,10 @@ from crack.preprocessing import (
     load_rgb,
 )
 from crack.sampling import EpochShuffle, evaluation_sampler
-from crack.splits import (
-    CONFLICT_POLICIES,
-    SPLITS,
-    Sample,
-    count_by_split,
-    duplicates_and_groups,
-    group_ids,
-    handle_conflicts,
-    identical_but_different,
-    leaks_between_given_splits,
-    stratified_split,
-    write_manifest,
-)
+from crack.splits import CONFLICT_POLICIES, SPLITS, Sample, write_manifest
 from crack.synthetic import ensure_dataset
 
 log = logging.getLogger(__name__)
-
-
-def _class_folders(folder: Path) -> list[str]:
-    return sorted(
-        p.name
-        for p in folder.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and p.name not in IGNORED_FOLDERS
-    )
-
-
-def has_split_folders(root: Path) -> bool:
-    """True if ``root`` holds ready-made ``train/``, ``val/`` and ``test/`` folders."""
-    return all((root / split).is_dir() for split in SPLITS)
-
-
-def _choose_class_folders(
-    folder: Path, names: list[str], classes: Sequence[str] | None
-) -> list[str]:
-    """The two class folders to use, or an error naming ``folder`` and the fix."""
-    if classes is not None:
-        if len(classes) != 2 or len(set(classes)) != 2:
-            raise ValueError(f"data.classes must name 2 class folders, got {list(classes)}.")
-        missing = [name for name in classes if name not in names]
-        if missing:
-            raise ValueError(
-                f"data.classes={list(classes)}: no folder {missing} under {folder} "
-                f"(its class folders: {names})."
-            )
-        return list(classes)
-    if not names:
-        loose = len(list_images(folder))
-        raise ValueError(
-            f"data.root={str(folder)!r} holds no class folders"
-            + (f" ({loose} images lie directly in it)" if loose else "")
-            + ": put the photos into one subfolder per class, e.g. "
-            f"{folder / 'Positive'} (cracks) and {folder / 'Negative'} (intact)."
-        )
-    if len(names) == 1:
-        raise ValueError(
-            f"{folder} holds a single class folder {names}: a crack classifier needs two, "
-            "one of photos with cracks and one without. Add the other class folder."
-        )
-    if len(names) > 2:
-        raise ValueError(
-            f"{folder} holds {len(names)} class folders {names}, expected 2 (crack and no "
-            f"crack). Name the two to use, e.g. data.classes=[{names[0]},{names[1]}]."
-        )
-    return names
-
-
-def find_classes(
-    root: Path, positive_class: str | None = None, classes: Sequence[str] | None = None
-) -> list[str]:
-    """The class folder names of ``root``, ordered by label: [negative, positive (crack)].
-
-    ``classes`` picks two folders when there are more; the crack class among them is still
-    told from the names (or ``positive_class``), never from their order.
-    """
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"data.root={str(root)!r} is not a folder. Point data.root at your images."
-        )
-    if has_split_folders(root):
-        per_split = {split: _class_folders(root / split) for split in SPLITS}
-        if classes is None and len({tuple(v) for v in per_split.values()}) != 1:
-            raise ValueError(
-                f"train/, val/ and test/ under {root} hold different class folders: {per_split}"
-            )
-        chosen = [
-            _choose_class_folders(root / split, folders, classes)
-            for split, folders in per_split.items()
-        ]
-        names = chosen[0]
-    else:
-        names = _choose_class_folders(root, _class_folders(root), classes)
-    return class_names_by_label(names, detect_positive_class(names, positive_class))
-
-
-def _image_files(root: Path, classes: Sequence[str]) -> tuple[list[tuple[Path, int, str]], int]:
-    """(path, label, given split or "") of every image file, and the number of other files.
-
-    Stops if a class folder holds no image file.
-    """
-    given = SPLITS if has_split_folders(root) else ("",)
-    found, skipped = [], []
-    for split_name in given:
-        for label, name in enumerate(classes):
-            folder = root / split_name / name
-            images, others = list_files(folder)
-            skipped += others
-            if not images:
-                raise ValueError(
-                    f"Class folder {folder} holds no images "
-                    f"({', '.join(sorted(IMAGE_EXTENSIONS))})"
-                    + (f", only {describe_kinds(others)}" if others else "")
-                    + ". Add images, or name the two class folders to use with data.classes=[a,b]."
-                )
-            found += [(path, label, split_name) for path in images]
-    log.info("Found %d image files under %s", len(found), root)
-    if skipped:
-        log.info("Skipped %d non-image files: %s", len(skipped), describe_kinds(skipped))
-    return found, len(skipped)
-
-
-def index_images(
-    root: Path,
-    classes: Sequence[str],
-    split: Sequence[float] = (0.8, 0.1, 0.1),
-    split_seed: int = 0,
-    group_pattern: str | None = None,
-    on_conflict: str = "error",
-    on_bad_file: str = "skip",
-    max_image_pixels: int = MAX_IMAGE_PIXELS,
-) -> tuple[list[Sample], dict]:
-    """Every readable image under ``root`` with its label, content hash and split, and a summary.
-
-    Ready-made split folders win. Otherwise byte-identical files, and files of one group
-    (``group_pattern``), are kept within one split. Unreadable files are skipped or stop the run
-    (``on_bad_file``); files stored under both classes stop it or are dropped (``on_conflict``).
-    The summary (plain types) counts what was found, merged, dropped and where it went.
-    """
-    found, skipped = _image_files(root, classes)
-    checked = check_images([path for path, _, _ in found], max_image_pixels)
-    bad = {path.relative_to(root).as_posix(): reason for path, reason in checked.bad.items()}
-    handle_bad_files(bad, on_bad_file)
-    rows = [
-        (path.relative_to(root).as_posix(), label, given, checked.sha256[path])
-        for path, label, given in found
-        if path in checked.sha256
-    ]
-    conflicts = identical_but_different(
-        [r[0] for r in rows], [r[3] for r in rows], [r[1] for r in rows]
-    )
-    dropped = handle_conflicts(conflicts, on_conflict)
-    rows = [r for r in rows if r[0] not in dropped]
-    for label, name in enumerate(classes):
-        if not any(r[1] == label for r in rows):
-            raise ValueError(
-                f"None of the images of class folder {name!r} under {root} is usable "
-                "(see the unreadable or conflicting files above)."
-            )
-
-    paths, labels, given_splits, hashes = (list(column) for column in zip(*rows, strict=True))
-    groups = [""] * len(rows)
-    given = has_split_folders(root)
-    if given:
-        samples = [Sample(*r) for r in rows]
-        leaks = leaks_between_given_splits(paths, hashes, given_splits)
-        group_pattern = None  # the given split is used as it is
-    else:
-        leaks = []
-        if group_pattern:
-            # Looked for in the path below the class folder: the file name, or sub/name.
-            groups = group_ids([p.split("/", 1)[1] for p in paths], group_pattern)
-        samples = stratified_split(paths, labels, split, split_seed, hashes, groups)
-
-    summary = {
-        "files_found": len(found),
-        "non_image_files_skipped": skipped,
-        "bad_files": bad,
-        "conflicts": conflicts,
-        "conflict_files_dropped": len(dropped),
-        "leaks_between_given_splits": leaks,
-        **duplicates_and_groups(hashes, groups, group_pattern),
-        "split_source": "folders" if given else f"fractions {list(split)}, seed {split_seed}",
-        "splits": count_by_split(samples, classes),
-    }
-    return samples, summary
 
 
 class ImageFileDataset(Dataset):

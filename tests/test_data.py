@@ -7,7 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from crack.data import CrackDataModule, find_classes, index_images, list_images
+from crack.classes import find_classes
+from crack.data import CrackDataModule
+from crack.files import list_images
+from crack.index import index_images
 from crack.synthetic import make_dataset
 
 

@@ -121,7 +121,7 @@ def write_odd_files(folder):
 
 
 def test_odd_image_modes_are_read_and_broken_files_reported(trained_checkpoint, tmp_path):
-    from crack.data import list_images
+    from crack.files import list_images
 
     write_odd_files(tmp_path / "in")
     paths = list_images(tmp_path / "in")
