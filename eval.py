@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from crack.allocator import keep_freed_memory
 from crack.checkpoint import load_trained_model
 from crack.classes import find_classes
 from crack.data import ImageFileDataset
@@ -26,6 +27,8 @@ log = logging.getLogger("eval")
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> dict:
     """Evaluate, print a metrics table, write metrics.json and the report into the run directory."""
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
     if not cfg.ckpt:
         raise SystemExit(
             "ckpt is required: python eval.py ckpt=logs/train/<run>/checkpoints/best.ckpt"

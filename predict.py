@@ -10,6 +10,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from crack.allocator import keep_freed_memory
 from crack.files import IMAGE_EXTENSIONS, list_images
 from crack.inference import (
     OnnxClassifier,
@@ -43,6 +44,8 @@ def build_classifier(cfg: DictConfig) -> TorchClassifier | OnnxClassifier:
 @hydra.main(version_base="1.3", config_path="conf/predict", config_name="predict")
 def main(cfg: DictConfig) -> None:
     """Predict every image, write predictions.csv (and heatmaps of large photos), print a summary."""
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
     if not cfg.input:
         raise SystemExit("input is required: python predict.py ckpt=PATH input=PHOTO_OR_FOLDER")
     source = Path(cfg.input).expanduser()

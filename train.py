@@ -14,6 +14,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
+from crack.allocator import keep_freed_memory
 from crack.checkpoint import load_weights_from
 from crack.resume import restore_run
 
@@ -23,6 +24,8 @@ log = logging.getLogger("train")
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Train, test the best checkpoint, and return its validation F1 (for sweeps)."""
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
 

@@ -44,6 +44,7 @@ from omegaconf import open_dict
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 
+from crack.allocator import keep_freed_memory
 from crack.classes import has_split_folders
 from crack.data import CrackDataModule, ImageFileDataset
 from crack.model import CrackClassifier
@@ -296,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     head_epochs = args.head_epochs if args.head_epochs is not None else min(3, args.epochs - 1)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results: dict = {"machine": machine()}
+    # As train.py does by default; for every run here, the plain one included.
+    malloc_tuned = keep_freed_memory()
 
     datamodule = CrackDataModule(
         args.data_root, image_size=args.image_size, batch_size=args.batch_size, cache=False,
@@ -313,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "batch_size": args.batch_size,
         "num_workers": datamodule.hparams.num_workers,
         "device": str(device),
+        "keep_freed_memory": malloc_tuned,
     }
     overrides = [
         f"data.root={datamodule.root}",
