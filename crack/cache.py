@@ -206,31 +206,40 @@ def _log_store(what: str, path: Path, reused: bool, start: float) -> None:
 
 
 class StoredDataset(Dataset):
-    """The rows of a stored array, each with its label, through ``transform``.
+    """Rows ``rows`` of a stored array (default: all), each with its label, through ``transform``.
 
     The array is memory-mapped on first use in each process, so DataLoader workers map the file
     themselves instead of receiving a copy of it.
     """
 
     def __init__(
-        self, path: Path, labels: Sequence[int], transform: Callable[[torch.Tensor], torch.Tensor]
+        self,
+        path: Path,
+        labels: Sequence[int],
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        rows: Sequence[int] | None = None,
     ) -> None:
         self.path = Path(path)
         self.labels = list(labels)
         self.transform = transform
-        self._rows: np.ndarray | None = None
+        self.rows = list(range(len(self.labels)) if rows is None else rows)
+        if len(self.rows) != len(self.labels):
+            raise ValueError(f"{len(self.rows)} rows but {len(self.labels)} labels")
+        self._array: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        if self._rows is None:
-            self._rows = np.load(self.path, mmap_mode="r")
-        row = torch.from_numpy(np.array(self._rows[index]))  # a copy: the map is read-only
+        if self._array is None:
+            self._array = np.load(self.path, mmap_mode="r")
+        row = torch.from_numpy(
+            np.array(self._array[self.rows[index]])
+        )  # a copy: the map is read-only
         return self.transform(row), self.labels[index]
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_rows": None}
+        return {**self.__dict__, "_array": None}
 
 
 def to_float32(x: torch.Tensor) -> torch.Tensor:

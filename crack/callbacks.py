@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -141,13 +142,19 @@ EPOCH_METRICS = {
 class TrainingCurves(Callback):
     """Record loss and accuracy per epoch and draw them, with the unfreeze milestones, to ``path``.
 
-    The figure is rewritten after every epoch, so it can be watched during training and is there
-    after an interrupted run. Its history is part of the checkpoint, so a resumed run continues it.
+    The figure is redrawn after an epoch when ``min_interval_s`` seconds have passed since the
+    last drawing, and always when training ends or stops on an error or interrupt: it can be
+    watched during training, and epochs of a second or less (training on stored features) do not
+    spend a third of their time drawing. Its history is part of the checkpoint, so a resumed run
+    continues it.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, min_interval_s: float = 10.0) -> None:
         self.path = Path(path)
+        self.min_interval_s = min_interval_s
         self.history: list[dict] = []
+        self._drawn_at: float | None = None  # time.monotonic() of the last drawing
+        self._drawn_rows = 0
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Validation of this epoch has run by now, so callback_metrics holds its values too.
@@ -155,14 +162,26 @@ class TrainingCurves(Callback):
         row = {"epoch": trainer.current_epoch}
         row |= {name: float(logged[key]) for key, name in EPOCH_METRICS.items() if key in logged}
         self.history.append(row)
-        if trainer.is_global_zero:
-            milestones = [
-                m
-                for c in trainer.callbacks
-                if isinstance(c, StagedUnfreezing)
-                for m in c.milestones
-            ]
-            save_figure(training_curves_figure(self.history, milestones), self.path)
+        due = self._drawn_at is None or time.monotonic() - self._drawn_at >= self.min_interval_s
+        if due:
+            self._draw(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._draw(trainer)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._draw(trainer)
+
+    def _draw(self, trainer: L.Trainer) -> None:
+        if not trainer.is_global_zero or self._drawn_rows == len(self.history):
+            return
+        milestones = [
+            m for c in trainer.callbacks if isinstance(c, StagedUnfreezing) for m in c.milestones
+        ]
+        save_figure(training_curves_figure(self.history, milestones), self.path)
+        self._drawn_at, self._drawn_rows = time.monotonic(), len(self.history)
 
     def state_dict(self) -> dict:
         return {"history": self.history}

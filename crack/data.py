@@ -186,30 +186,36 @@ class CrackDataModule(L.LightningDataModule):
             raise ValueError(f"The {split} split is empty: add images or change data.split.")
         labels = [s.label for s in samples]
         transform = self.preprocessing.transform(train=train)
+        if self._features_of is None and not self.hparams.cache:
+            return ImageFileDataset(self.root, samples, transform, self.hparams.max_image_pixels)
+        # One store for all splits, built in one pass by whichever loader comes first (the
+        # validation sanity check): one set of worker processes, no per-split start-up.
+        rows = [i for i, s in enumerate(self.samples) if s.split == split]
         workers, batch_size = self.hparams.num_workers, self.hparams.batch_size
         if self._features_of is not None:
             model, block = self._features_of
             images = ImageFileDataset(
-                self.root, samples, self.preprocessing.transform(), self.hparams.max_image_pixels
+                self.root,
+                self.samples,
+                self.preprocessing.transform(),
+                self.hparams.max_image_pixels,
             )
             path = self._store(
                 lambda: feature_store(
                     self.cache_dir, images, self.preprocessing, model, block, batch_size, workers
                 )
             )
-            return StoredDataset(path, labels, to_float32)
-        if self.hparams.cache:
-            images = ImageFileDataset(
-                self.root, samples, self.preprocessing.resize(), self.hparams.max_image_pixels
+            return StoredDataset(path, labels, to_float32, rows)
+        images = ImageFileDataset(
+            self.root, self.samples, self.preprocessing.resize(), self.hparams.max_image_pixels
+        )
+        path = self._store(
+            lambda: image_store(
+                self.cache_dir, images, self.preprocessing.image_size, batch_size, workers
             )
-            path = self._store(
-                lambda: image_store(
-                    self.cache_dir, images, self.preprocessing.image_size, batch_size, workers
-                )
-            )
-            # The stored images are already resized: the transform's resize leaves them as they are.
-            return StoredDataset(path, labels, transform)
-        return ImageFileDataset(self.root, samples, transform, self.hparams.max_image_pixels)
+        )
+        # The stored images are already resized: the transform's resize leaves them as they are.
+        return StoredDataset(path, labels, transform, rows)
 
     def _store(self, build: Callable[[], Path]) -> Path:
         """Build (or reuse) a cache store; under DDP rank 0 builds it while the others wait."""

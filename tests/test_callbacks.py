@@ -2,7 +2,7 @@ import lightning as L
 import pytest
 import torch
 
-from crack.callbacks import StagedUnfreezing, trainable_parameter_count
+from crack.callbacks import StagedUnfreezing, TrainingCurves, trainable_parameter_count
 from crack.data import CrackDataModule
 from crack.model import CrackClassifier
 
@@ -165,3 +165,31 @@ def test_training_curves_record_every_epoch_into_the_checkpoint(trained_checkpoi
     )
     assert history[-1]["train/loss"] < history[0]["train/loss"]
     assert Image.open(trained_checkpoint.parent / "curves.png").format == "PNG"
+
+
+def test_training_curves_redraw_at_most_every_min_interval_and_at_the_end(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import crack.callbacks
+
+    drawn = []
+    monkeypatch.setattr(crack.callbacks, "save_figure", lambda figure, path: drawn.append(path))
+    monkeypatch.setattr(crack.callbacks, "training_curves_figure", lambda history, ms: len(history))
+    curves = TrainingCurves(tmp_path / "curves.png", min_interval_s=3600)
+    trainer = SimpleNamespace(
+        callback_metrics={"val/loss": torch.tensor(0.5)}, is_global_zero=True, callbacks=[]
+    )
+    for epoch in range(5):
+        trainer.current_epoch = epoch
+        curves.on_train_epoch_end(trainer, None)
+    assert len(drawn) == 1  # the first epoch; the next four came within the interval
+    curves.on_train_end(trainer, None)
+    assert len(drawn) == 2 and curves._drawn_rows == 5
+    curves.on_exception(trainer, None, KeyboardInterrupt())
+    assert len(drawn) == 2  # nothing new to draw
+
+    curves = TrainingCurves(tmp_path / "curves.png", min_interval_s=0)
+    for epoch in range(3):
+        trainer.current_epoch = epoch
+        curves.on_train_epoch_end(trainer, None)
+    assert len(drawn) == 5  # every epoch
