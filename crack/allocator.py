@@ -22,6 +22,11 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
+def uses_glibc() -> bool:
+    """True if this process runs on Linux with glibc, whose malloc `keep_freed_memory` tunes."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def keep_freed_memory(limit_bytes: int = 1 << 30) -> bool:
     """Have glibc serve blocks up to ``limit_bytes`` from its heap and keep up to ``limit_bytes``
     of freed memory mapped, instead of returning it to the kernel after every batch.
@@ -30,7 +35,7 @@ def keep_freed_memory(limit_bytes: int = 1 << 30) -> bool:
     is that the process keeps its peak memory mapped until it exits. Returns True if applied,
     False where the C library is not glibc.
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not uses_glibc():
         log.debug("Not glibc: malloc settings left as they are")
         return False
     libc = ctypes.CDLL(None)  # the C library this process already uses

@@ -1,8 +1,9 @@
-import platform
 import subprocess
 import sys
 
 import pytest
+
+from crack.allocator import uses_glibc
 
 # Allocates, fills and frees a 64 MB tensor 10 times, counting minor page faults, before and after
 # keep_freed_memory. In a child process: glibc's settings cannot be put back.
@@ -22,9 +23,7 @@ print(default, faults(), applied)
 """
 
 
-@pytest.mark.skipif(
-    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only"
-)
+@pytest.mark.skipif(not uses_glibc(), reason="glibc only")
 def test_keep_freed_memory_stops_page_faulting_freed_blocks_back_in():
     out = subprocess.run(
         [sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True
