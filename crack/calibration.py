@@ -47,7 +47,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100
         return loss
 
     optimizer.step(closure)
-    temperature = float(log_t.exp())
+    temperature = float(log_t.detach().exp())
     # Clamped: a separable validation split drives T to 0 (infinitely sure), which no unseen
     # photo deserves.
     return min(max(temperature, 0.05), 20.0)
