@@ -20,8 +20,8 @@ from crack.synthetic import draw_crack, make_image, make_texture
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS_KEYS = {
-    "accuracy", "precision", "recall", "f1", "auroc", "average_precision", "num_images",
-    "confusion_matrix",
+    "accuracy", "balanced_accuracy", "precision", "recall", "f1", "auroc", "average_precision",
+    "ece", "threshold", "unfamiliar_fraction", "num_images", "confusion_matrix",
 }  # fmt: skip
 
 
@@ -91,7 +91,20 @@ def test_eval_reproduces_the_test_metrics(demo_run):
     for figure in ("confusion_matrix.png", "roc_pr.png", "errors.png"):
         assert Image.open(demo_run / "eval" / figure).format == "PNG"
     rows = list(csv.DictReader((demo_run / "eval" / "predictions.csv").open()))
-    assert len(rows) == 6 and set(rows[0]) == {"path", "label", "probability", "predicted"}
+    assert len(rows) == 6
+    assert set(rows[0]) == {
+        "path",
+        "label",
+        "probability",
+        "predicted",
+        "familiarity",
+        "unfamiliar",
+    }
+    # The operating point chosen on validation and stored in the checkpoint, not 0.5.
+    stored = torch.load(ckpt, weights_only=True)
+    assert metrics["threshold"] == pytest.approx(float(stored["state_dict"]["threshold"]))
+    assert metrics["threshold"] == pytest.approx(stored["calibration"]["threshold"])
+    assert metrics["threshold"] != 0.5
     assert all(Path(r["path"]).is_file() for r in rows)
     assert list((demo_run / "eval").glob("events.out.tfevents.*"))
     printed = printed_test_metrics((demo_run / "stdout.txt").read_text())
