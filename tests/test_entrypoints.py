@@ -217,3 +217,31 @@ def test_predict_fails_only_when_no_file_is_readable(demo_run, tmp_path):
     assert "None of the 1 files" in result.stderr and "could be read" in result.stderr
     rows = list(csv.DictReader((tmp_path / "out" / "predictions.csv").open()))
     assert len(rows) == 1 and "UnidentifiedImageError" in rows[0]["error"]
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v3_large", "efficientnet_b0"])
+def test_other_backbones_train_evaluate_export_and_predict(backbone, tmp_path):
+    """model.backbone=NAME: the whole path, staged unfreezing (and so the feature cache at a
+    cut inside the backbone) included, on each backbone's own blocks."""
+    run_dir = tmp_path / "run"
+    trained = run(
+        "train.py", "experiment=finetune", "head_epochs=1", "trainer.max_epochs=2",
+        f"model.backbone={backbone}", "model.weights=null", f"data.root={tmp_path / 'data'}",
+        "+data.synthetic={n_per_class:20,image_size:32,seed:0}", "data.image_size=32",
+        "data.batch_size=16", "data.num_workers=0", f"hydra.run.dir={run_dir}",
+    )  # fmt: skip
+    assert "Feature cache on" in (run_dir / "train.log").read_text()
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    assert torch.load(ckpt, weights_only=True)["hyper_parameters"]["backbone"] == backbone
+    assert "Test metrics of the best checkpoint" in trained.stdout
+    run("eval.py", f"ckpt={ckpt}", f"hydra.run.dir={tmp_path / 'eval'}", "data.num_workers=0")
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_images"] == 4
+    exported = run("export.py", f"ckpt={ckpt}", f"hydra.run.dir={tmp_path / 'export'}")
+    assert "Parity check passed." in exported.stdout
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    make_image(np.random.default_rng(0), 32, crack=True).save(photos / "a.png")
+    predicted = run(
+        "predict.py", f"ckpt={ckpt}", f"input={photos}", f"hydra.run.dir={tmp_path / 'predict'}"
+    )
+    assert "1 files: 1 read, 0 unreadable." in predicted.stdout
