@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from crack.atomic import atomic_path
+from crack.errors import UserError
 from crack.preprocessing import Preprocessing, load_rgb
 from crack.splits import Sample
 from crack.synthetic import make_image
@@ -59,19 +61,38 @@ def model_metadata(
 
 
 def parse_metadata(metadata: dict[str, str], source: str) -> tuple[Preprocessing, list[str], float]:
-    """Preprocessing, class names and threshold from ``model_metadata`` strings."""
+    """Preprocessing, class names and threshold from ``model_metadata`` strings.
+
+    ``source`` names the file for the messages, e.g. ``model='m.onnx'``.
+    """
+    fix = "export it again with python export.py ckpt=CHECKPOINT format=onnx"
     missing = {"image_size", "mean", "std", "threshold", "classes"} - set(metadata)
     if missing:
-        raise ValueError(
-            f"{source} lacks the metadata {sorted(missing)}: export it with "
-            "python export.py ckpt=CHECKPOINT format=onnx"
+        raise UserError(f"{source} lacks the metadata {sorted(missing)}: {fix}")
+    try:
+        preprocessing = Preprocessing(
+            image_size=int(metadata["image_size"]),
+            mean=_numbers(metadata["mean"], 3),
+            std=_numbers(metadata["std"], 3),
         )
-    preprocessing = Preprocessing(
-        image_size=int(metadata["image_size"]),
-        mean=json.loads(metadata["mean"]),
-        std=json.loads(metadata["std"]),
-    )
-    return preprocessing, list(json.loads(metadata["classes"])), float(metadata["threshold"])
+        classes = json.loads(metadata["classes"])
+        threshold = float(metadata["threshold"])
+    except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
+        raise UserError(
+            f"{source} has unreadable metadata ({error}): expected image_size an integer, mean "
+            f"and std lists of 3 numbers, classes a list of 2 names, threshold a number; {fix}"
+        ) from error
+    if not (isinstance(classes, list) and len(classes) == 2):
+        raise UserError(f"{source} metadata classes={classes!r} is not a list of 2 names: {fix}")
+    return preprocessing, [str(name) for name in classes], threshold
+
+
+def _numbers(text: str, count: int) -> list[float]:
+    """A JSON list of ``count`` numbers; ValueError otherwise."""
+    values = json.loads(text)
+    if not (isinstance(values, list) and len(values) == count):
+        raise ValueError(f"{text!r} is not a list of {count} numbers")
+    return [float(v) for v in values]
 
 
 def export_onnx(
@@ -82,31 +103,34 @@ def export_onnx(
     threshold: float,
     opset: int = 17,
 ) -> Path:
-    """Write ``model`` as ONNX with a dynamic batch size and the metadata of `model_metadata`."""
+    """Write ``model`` as ONNX with a dynamic batch size and the metadata of `model_metadata`.
+
+    The file appears whole or not at all (`crack.atomic`).
+    """
     import onnx
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     size = preprocessing.image_size
     example = torch.zeros(2, 3, size, size)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), atomic_path(path) as temporary:
         # The TorchScript-based exporter needs no extra package (the torch.export-based one
         # needs onnxscript) and handles this plain CNN fully; it warns that it is not the default.
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(
             model.eval(),
             (example,),
-            str(path),
+            str(temporary),
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             opset_version=opset,
             dynamo=False,
         )
-    exported = onnx.load(str(path))
-    onnx.helper.set_model_props(exported, model_metadata(preprocessing, classes, threshold))
-    onnx.checker.check_model(exported)
-    onnx.save(exported, str(path))
+        exported = onnx.load(str(temporary))
+        onnx.helper.set_model_props(exported, model_metadata(preprocessing, classes, threshold))
+        onnx.checker.check_model(exported)
+        onnx.save(exported, str(temporary))
     return path
 
 
@@ -124,7 +148,8 @@ def export_torchscript(
     metadata = json.dumps(model_metadata(preprocessing, classes, threshold))
     with _torchscript():
         traced = torch.jit.trace(model.eval(), torch.zeros(2, 3, size, size))
-        torch.jit.save(traced, str(path), _extra_files={METADATA_FILE: metadata})
+        with atomic_path(path) as temporary:
+            torch.jit.save(traced, str(temporary), _extra_files={METADATA_FILE: metadata})
     return path
 
 

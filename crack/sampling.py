@@ -10,6 +10,8 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import Sampler
 
+from crack.errors import UserError
+
 
 def derived_seed(*keys: int) -> int:
     """A 32-bit seed that depends on all of ``keys`` (e.g. seed, epoch, rank), none colliding."""
@@ -53,7 +55,7 @@ def evaluation_sampler(dataset: Sized, trainer: L.Trainer | None) -> Sampler[int
     if trainer is None or trainer.world_size <= 1:
         return None
     if len(dataset) < trainer.world_size:
-        raise ValueError(
+        raise UserError(
             f"{len(dataset)} evaluation images cannot be shared by {trainer.world_size} "
             "processes: every process needs one. Use fewer devices or a larger data.split."
         )
