@@ -126,12 +126,12 @@ def test_eval_on_another_folder_uses_every_image(demo_run, tmp_path):
 
 def test_eval_requires_a_readable_checkpoint(tmp_path):
     missing = run("eval.py", f"hydra.run.dir={tmp_path}", check=False)
-    assert missing.returncode != 0 and "ckpt is required" in missing.stdout + missing.stderr
+    assert missing.returncode == 2 and "error: ckpt is required" in missing.stderr
     (tmp_path / "broken.ckpt").write_bytes(b"not a checkpoint")
     broken = run(
         "eval.py", f"ckpt={tmp_path / 'broken.ckpt'}", f"hydra.run.dir={tmp_path}", check=False
     )
-    assert broken.returncode != 0 and "not a readable checkpoint" in broken.stderr
+    assert broken.returncode == 2 and "is not a PyTorch file but a text file" in broken.stderr
 
 
 def test_finetune_with_local_weights_unfreezes_and_trains(tiny_dataset, tmp_path):
