@@ -34,12 +34,12 @@ def claim_run_dir(parent: Path, stamp: str) -> Path:
         folder = parent / (stamp if number == 0 else f"{stamp}_{number}")
         try:
             parent.mkdir(parents=True, exist_ok=True)
-            folder.mkdir()
+            folder.mkdir()  # fails if it exists: of two processes, one claims it
+            return folder
         except FileExistsError:
             continue
-        except OSError:
+        except OSError:  # e.g. read-only: named but unclaimed, for OutputCheck to report
             return folder
-        return folder
     raise UserError(f"{parent} holds 1000 run directories named {stamp}*: clean it up.")
 
 
