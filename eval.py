@@ -13,8 +13,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from crack.allocator import keep_freed_memory
+from crack.atomic import atomic_write
 from crack.checkpoint import load_trained_model
 from crack.data import CrackDataModule
+from crack.errors import UserError, user_errors
 from crack.metrics import evaluation_metrics, format_metrics, unfamiliar_summary
 from crack.report import write_evaluation_report
 
@@ -24,10 +26,16 @@ log = logging.getLogger("eval")
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> dict:
     """Evaluate, print a metrics table, write metrics.json and the report into the run directory."""
+    with user_errors():  # bad input: one line, exit status 2
+        return evaluate(cfg)
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """The work of `main`."""
     if cfg.keep_freed_memory:
         keep_freed_memory()
     if not cfg.ckpt:
-        raise SystemExit(
+        raise UserError(
             "ckpt is required: python eval.py ckpt=logs/train/<run>/checkpoints/best.ckpt"
         )
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -50,7 +58,8 @@ def main(cfg: DictConfig) -> dict:
     unfamiliar = trained.model.familiarity.unfamiliar(familiarity)
 
     metrics = evaluation_metrics(probs, labels, threshold, unfamiliar)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with atomic_write(run_dir / "metrics.json") as f:
+        f.write(json.dumps(metrics, indent=2))
     paths = [root / s.path for s in samples]
     report = write_evaluation_report(
         run_dir, paths, labels, probs, metrics, trained.classes, threshold, familiarity,

@@ -9,6 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from crack.checkpoint import load_trained_model
+from crack.errors import UserError, user_errors
 from crack.export import (
     FORMATS,
     ProbabilityModel,
@@ -22,12 +23,18 @@ from crack.export import (
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
 def main(cfg: DictConfig) -> float:
     """Export, check parity with PyTorch, and return the largest probability difference."""
+    with user_errors():  # bad input: one line, exit status 2
+        return export(cfg)
+
+
+def export(cfg: DictConfig) -> float:
+    """The work of `main`."""
     if not cfg.ckpt:
-        raise SystemExit(
+        raise UserError(
             "ckpt is required: python export.py ckpt=logs/train/<run>/checkpoints/best.ckpt"
         )
     if cfg.format not in FORMATS:
-        raise SystemExit(f"format={cfg.format!r} is not one of: {', '.join(FORMATS)}")
+        raise UserError(f"format={cfg.format!r} is not one of: {', '.join(FORMATS)}")
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     trained = load_trained_model(cfg.ckpt)
     model = ProbabilityModel.of(trained.model)
@@ -52,7 +59,7 @@ def main(cfg: DictConfig) -> float:
         f"(tolerance {cfg.parity.tolerance:g})"
     )
     if not difference <= cfg.parity.tolerance:  # also fails on NaN
-        raise SystemExit(
+        raise UserError(
             f"Parity check failed: the exported {output} differs from the checkpoint by "
             f"{difference:.2e} > parity.tolerance={cfg.parity.tolerance:g}."
         )

@@ -11,6 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from crack.allocator import keep_freed_memory
+from crack.errors import UserError, user_errors
 from crack.files import IMAGE_EXTENSIONS, list_images
 from crack.inference import (
     OnnxClassifier,
@@ -25,38 +26,44 @@ from crack.inference import (
 def build_classifier(cfg: DictConfig) -> TorchClassifier | OnnxClassifier:
     if cfg.backend == "torch":
         if not cfg.ckpt:
-            raise SystemExit(
+            raise UserError(
                 "ckpt is required: python predict.py ckpt=logs/train/<run>/checkpoints/best.ckpt "
                 "input=PHOTO_OR_FOLDER (or backend=onnx model=FILE.onnx)"
             )
         return TorchClassifier(cfg.ckpt)
     if cfg.backend == "onnx":
         if not cfg.model:
-            raise SystemExit(
+            raise UserError(
                 "backend=onnx needs model=FILE.onnx (written by python export.py ckpt=... "
                 "format=onnx)"
             )
         return OnnxClassifier(cfg.model, cfg.threads)
-    raise SystemExit(f"backend={cfg.backend!r} is not one of: torch, onnx")
+    raise UserError(f"backend={cfg.backend!r} is not one of: torch, onnx")
 
 
 # Its own config folder: in conf/, `model=FILE.onnx` would select the `model` config group.
 @hydra.main(version_base="1.3", config_path="conf/predict", config_name="predict")
 def main(cfg: DictConfig) -> None:
     """Predict every image, write predictions.csv (and heatmaps of large photos), print a summary."""
+    with user_errors():  # bad input: one line, exit status 2
+        predict(cfg)
+
+
+def predict(cfg: DictConfig) -> None:
+    """The work of `main`."""
     if cfg.keep_freed_memory:
         keep_freed_memory()
     if not cfg.input:
-        raise SystemExit("input is required: python predict.py ckpt=PATH input=PHOTO_OR_FOLDER")
+        raise UserError("input is required: python predict.py ckpt=PATH input=PHOTO_OR_FOLDER")
     source = Path(cfg.input).expanduser()
     if source.is_dir():
         paths, root = list_images(source), source
         if not paths:
-            raise SystemExit(f"input={str(source)!r} holds no images {sorted(IMAGE_EXTENSIONS)}.")
+            raise UserError(f"input={str(source)!r} holds no images {sorted(IMAGE_EXTENSIONS)}.")
     elif source.is_file():
         paths, root = [source], source.parent
     else:
-        raise SystemExit(f"input={str(source)!r} is neither an image file nor a folder.")
+        raise UserError(f"input={str(source)!r} is neither an image file nor a folder.")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     classifier = build_classifier(cfg)
@@ -64,25 +71,30 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
 
     start = time.perf_counter()
-    results = predict_files(
-        classifier,
-        paths,
+    csv_path = run_dir / "predictions.csv"
+    # Each row is written as soon as it is known: a failure on one photo (a full disk while
+    # writing its heatmap) keeps the rows of all photos before it.
+    results = write_predictions(
+        csv_path,
+        predict_files(
+            classifier,
+            paths,
+            threshold,
+            cfg.batch_size,
+            Tiling(**cfg.tiling),
+            run_dir / "heatmaps" if cfg.heatmaps else None,
+            root,
+        ),
         threshold,
-        cfg.batch_size,
-        Tiling(**cfg.tiling),
-        run_dir / "heatmaps" if cfg.heatmaps else None,
-        root,
+        classifier.classes,
     )
     seconds = time.perf_counter() - start
-    csv_path = write_predictions(
-        run_dir / "predictions.csv", results, threshold, classifier.classes
-    )
     print(summary(results, threshold, seconds))
     threads = torch.get_num_threads() if cfg.backend == "torch" else cfg.threads or "default"
     print(f"Backend {cfg.backend}, batch size {cfg.batch_size}, threads: {threads}.")
     print(f"Wrote {csv_path}")
     if all(r.error for r in results):
-        raise SystemExit(
+        raise UserError(
             f"None of the {len(results)} files under input={str(source)!r} could be read."
         )
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from crack.allocator import keep_freed_memory
 from crack.calibration import CalibrationSettings, calibrate, write_calibration
 from crack.checkpoint import load_weights_from
+from crack.errors import user_errors
 from crack.resume import restore_run
 
 log = logging.getLogger("train")
@@ -25,6 +26,12 @@ log = logging.getLogger("train")
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Train, test the best checkpoint, and return its validation F1 (for sweeps)."""
+    with user_errors():  # bad input: one line, exit status 2
+        return train(cfg)
+
+
+def train(cfg: DictConfig) -> float:
+    """The work of `main`."""
     if cfg.keep_freed_memory:
         keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True)

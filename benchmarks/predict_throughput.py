@@ -57,7 +57,7 @@ def main() -> None:
         paths = list_images(args.folder)
         for name, classifier in backends.items():
             start = time.perf_counter()
-            results = predict_files(classifier, paths, 0.5, args.batch_size)
+            results = list(predict_files(classifier, paths, 0.5, args.batch_size))
             rate = sum(r.error is None for r in results) / (time.perf_counter() - start)
             print(f"{name:12s} end to end over {len(paths)} files: {rate:7.1f} images/s")
 

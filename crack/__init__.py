@@ -6,6 +6,8 @@ import os
 
 from omegaconf import OmegaConf
 
+from crack.rundir import new_run_dir, run_dir
+
 
 def fastest_precision(accelerator: str) -> str:
     """bf16 mixed precision on a CUDA GPU that supports it, else float32 (CPUs gain nothing)."""
@@ -26,11 +28,7 @@ OmegaConf.register_new_resolver("crack.precision", fastest_precision, replace=Tr
 OmegaConf.register_new_resolver("crack.cpus", usable_cpus, replace=True)
 
 
-def run_dir(resume: str | None, new: str) -> str:
-    """The run directory: that of the run to resume (``resume=RUN_DIR``), else a new one."""
-    return new if resume is None else resume
-
-
-# Used in conf/train.yaml (hydra.run.dir); registered on import, so every entry point that
-# imports crack can compose the configs.
+# Used in the configs' hydra.run.dir (conf/train.yaml: ``resume=`` or a new directory);
+# registered on import, so every entry point that imports crack can compose the configs.
 OmegaConf.register_new_resolver("crack.run_dir", run_dir, replace=True)
+OmegaConf.register_new_resolver("crack.new_run_dir", new_run_dir, replace=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.functional.classification import binary_calibration_error
 
+from crack.atomic import atomic_path
 from crack.familiarity import block_statistics
 
 if TYPE_CHECKING:
@@ -172,9 +172,5 @@ def write_calibration(path: str | Path, model: CrackClassifier, chosen: dict) ->
         if key.startswith(CALIBRATION_KEYS):
             checkpoint["state_dict"][key] = value.detach().cpu()
     checkpoint["calibration"] = chosen
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        torch.save(checkpoint, partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_path(path) as temporary:
+        torch.save(checkpoint, temporary)

@@ -100,7 +100,9 @@ class StagedUnfreezing(BaseFinetuning):
         blocks = self._blocks(pl_module)
         for m in self.milestones:
             if not 0 < m.blocks <= len(blocks):
-                raise ValueError(f"Milestone {m}: blocks must be in 1..{len(blocks)}")
+                raise UserError(
+                    f"Milestone {m}: blocks must be in 1..{len(blocks)} (the backbone's blocks)."
+                )
         self.freeze(blocks, train_bn=False)
         self._set_modes(blocks)
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from crack.errors import UserError
 from crack.model import CrackClassifier
 from crack.preprocessing import Preprocessing
 from crack.splits import Sample
+from crack.torchfile import load_plain
 
 DATA_STATE_KEY = "CrackDataModule"  # where Lightning stores CrackDataModule.state_dict()
+CHECKPOINT_EXPECTED = (
+    "a checkpoint written by train.py, e.g. logs/train/<run>/checkpoints/best.ckpt"
+)
 
 
 @dataclass
@@ -27,42 +29,31 @@ class TrainedModel:
     data_state: dict  # CrackDataModule.state_dict() of training (CrackDataModule.for_evaluation)
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint file as plain data, without running pickled code (``weights_only``)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt={str(path)!r} does not exist.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        # torch's message suggests weights_only=False: exactly what must not be done here.
-        detail = [line for line in str(error).splitlines() if "GLOBAL" in line]
-        raise ValueError(
-            f"ckpt={str(path)!r} is not a readable checkpoint: it holds pickled objects other "
-            "than tensors and plain data, which could run code when loaded, so it is refused. "
-            f"Use a checkpoint written by train.py. {' '.join(detail)}"
-        ) from error
-    except Exception as error:
-        raise ValueError(
-            f"ckpt={str(path)!r} is not a readable checkpoint (truncated or corrupted?): {error}"
-        ) from error
+def read_checkpoint(path: str | Path, option: str = "ckpt") -> dict:
+    """Load a checkpoint file as plain data, without running pickled code (``weights_only``).
+
+    ``option`` is the setting that named the file (``ckpt``, ``init_from``), for the messages.
+    """
+    checkpoint = load_plain(path, option, CHECKPOINT_EXPECTED)
     expected = (DATA_STATE_KEY, "state_dict", "hyper_parameters")
     if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in expected):
         found = sorted(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint)
-        raise ValueError(
-            f"ckpt={str(path)!r} is not a crack classifier checkpoint written by train.py: "
-            f"expected the entries {list(expected)}, found {found}."
+        raise UserError(
+            f"{option}={str(path)!r} is not a crack classifier checkpoint: expected the entries "
+            f"{list(expected)}, found {found}. Give {CHECKPOINT_EXPECTED}."
         )
     return checkpoint
 
 
-def _load_state_dict(model: CrackClassifier, state_dict: dict, path: str | Path) -> None:
+def _load_state_dict(
+    model: CrackClassifier, state_dict: dict, path: str | Path, option: str = "ckpt"
+) -> None:
     """``model.load_state_dict`` with an error that says the checkpoint is of another model."""
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as error:
-        raise ValueError(
-            f"ckpt={str(path)!r} holds the weights of another model, not of this "
+        raise UserError(
+            f"{option}={str(path)!r} holds the weights of another model, not of this "
             f"crack classifier. {' '.join(str(error).split())[:400]}"
         ) from error
 
@@ -75,7 +66,7 @@ def load_trained_model(path: str | Path) -> TrainedModel:
     try:
         model = CrackClassifier(**hparams)
     except TypeError as error:
-        raise ValueError(
+        raise UserError(
             f"ckpt={str(path)!r} is the checkpoint of another model: its hyperparameters "
             f"{sorted(checkpoint['hyper_parameters'])} do not fit CrackClassifier ({error})."
         ) from error
@@ -95,6 +86,6 @@ def load_trained_model(path: str | Path) -> TrainedModel:
 
 def load_weights_from(model: CrackClassifier, path: str | Path) -> None:
     """Start ``model`` from the weights of a trained checkpoint (``init_from``)."""
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path, "init_from")
     model.on_load_checkpoint(checkpoint)
-    _load_state_dict(model, checkpoint["state_dict"], path)
+    _load_state_dict(model, checkpoint["state_dict"], path, "init_from")

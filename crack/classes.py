@@ -7,6 +7,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from crack.errors import UserError
 from crack.files import IGNORED_FOLDERS, list_images
 from crack.splits import SPLITS
 
@@ -55,12 +56,12 @@ def detect_positive_class(class_names: list[str], positive_class: str | None = N
     """
     names = sorted(class_names)
     if len(names) != 2:
-        raise ValueError(
+        raise UserError(
             f"Expected exactly 2 class folders (crack and no crack), found {len(names)}: {names}."
         )
     if positive_class is not None:
         if positive_class not in names:
-            raise ValueError(
+            raise UserError(
                 f"data.positive_class={positive_class!r} is not one of the class folders {names}."
             )
         return positive_class
@@ -69,7 +70,7 @@ def detect_positive_class(class_names: list[str], positive_class: str | None = N
     negatives = [n for n, r in roles.items() if r == "negative"]
     if len(positives) == 1 and len(negatives) == 1:
         return positives[0]
-    raise ValueError(
+    raise UserError(
         f"Cannot tell which class folder holds the cracks: found {names}. "
         f"Name it explicitly, e.g. data.positive_class={names[0]}"
     )
@@ -100,29 +101,29 @@ def _choose_class_folders(
     """The two class folders to use, or an error naming ``folder`` and the fix."""
     if classes is not None:
         if len(classes) != 2 or len(set(classes)) != 2:
-            raise ValueError(f"data.classes must name 2 class folders, got {list(classes)}.")
+            raise UserError(f"data.classes must name 2 class folders, got {list(classes)}.")
         missing = [name for name in classes if name not in names]
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"data.classes={list(classes)}: no folder {missing} under {folder} "
                 f"(its class folders: {names})."
             )
         return list(classes)
     if not names:
         loose = len(list_images(folder))
-        raise ValueError(
+        raise UserError(
             f"data.root={str(folder)!r} holds no class folders"
             + (f" ({loose} images lie directly in it)" if loose else "")
             + ": put the photos into one subfolder per class, e.g. "
             f"{folder / 'Positive'} (cracks) and {folder / 'Negative'} (intact)."
         )
     if len(names) == 1:
-        raise ValueError(
+        raise UserError(
             f"{folder} holds a single class folder {names}: a crack classifier needs two, "
             "one of photos with cracks and one without. Add the other class folder."
         )
     if len(names) > 2:
-        raise ValueError(
+        raise UserError(
             f"{folder} holds {len(names)} class folders {names}, expected 2 (crack and no "
             f"crack). Name the two to use, e.g. data.classes=[{names[0]},{names[1]}]."
         )
@@ -138,13 +139,11 @@ def find_classes(
     told from the names (or ``positive_class``), never from their order.
     """
     if not root.is_dir():
-        raise FileNotFoundError(
-            f"data.root={str(root)!r} is not a folder. Point data.root at your images."
-        )
+        raise UserError(f"data.root={str(root)!r} is not a folder. Point data.root at your images.")
     if has_split_folders(root):
         per_split = {split: _class_folders(root / split) for split in SPLITS}
         if classes is None and len({tuple(v) for v in per_split.values()}) != 1:
-            raise ValueError(
+            raise UserError(
                 f"train/, val/ and test/ under {root} hold different class folders: {per_split}"
             )
         chosen = [

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from crack.atomic import atomic_write
 from crack.classes import find_classes
 from crack.errors import UserError
 from crack.index import index_images
@@ -137,7 +138,8 @@ class CrackDataModule(L.LightningDataModule):
         as JSON (files found, skipped, duplicates, conflicts, groups, per-split counts)."""
         assert self.samples is not None, "call setup() first"
         write_manifest(self.samples, path)
-        Path(path).with_suffix(".json").write_text(json.dumps(self.summary, indent=2) + "\n")
+        with atomic_write(Path(path).with_suffix(".json")) as f:
+            f.write(json.dumps(self.summary, indent=2) + "\n")
 
     def state_dict(self) -> dict:
         return {

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from crack.atomic import atomic_path
+from crack.errors import UserError
 from crack.familiarity import Familiarity, block_statistics
 from crack.preprocessing import Preprocessing, load_rgb
 from crack.splits import Sample
@@ -95,21 +97,39 @@ def parse_metadata(
     metadata: dict[str, str], source: str
 ) -> tuple[Preprocessing, list[str], float, float]:
     """Preprocessing, class names, threshold and familiarity threshold from ``model_metadata``
-    strings (files exported before familiarity existed flag nothing)."""
+    strings (files exported before familiarity existed flag nothing).
+
+    ``source`` names the file for the messages, e.g. ``model='m.onnx'``.
+    """
+    fix = "export it again with python export.py ckpt=CHECKPOINT format=onnx"
     missing = {"image_size", "mean", "std", "threshold", "classes"} - set(metadata)
     if missing:
-        raise ValueError(
-            f"{source} lacks the metadata {sorted(missing)}: export it with "
-            "python export.py ckpt=CHECKPOINT format=onnx"
+        raise UserError(f"{source} lacks the metadata {sorted(missing)}: {fix}")
+    try:
+        preprocessing = Preprocessing(
+            image_size=int(metadata["image_size"]),
+            mean=_numbers(metadata["mean"], 3),
+            std=_numbers(metadata["std"], 3),
         )
-    preprocessing = Preprocessing(
-        image_size=int(metadata["image_size"]),
-        mean=json.loads(metadata["mean"]),
-        std=json.loads(metadata["std"]),
-    )
-    familiarity = float(metadata.get("familiarity_threshold", "inf"))
-    classes = list(json.loads(metadata["classes"]))
-    return preprocessing, classes, float(metadata["threshold"]), familiarity
+        classes = json.loads(metadata["classes"])
+        threshold = float(metadata["threshold"])
+        familiarity = float(metadata.get("familiarity_threshold", "inf"))
+    except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
+        raise UserError(
+            f"{source} has unreadable metadata ({error}): expected image_size an integer, mean "
+            f"and std lists of 3 numbers, classes a list of 2 names, threshold a number; {fix}"
+        ) from error
+    if not (isinstance(classes, list) and len(classes) == 2):
+        raise UserError(f"{source} metadata classes={classes!r} is not a list of 2 names: {fix}")
+    return preprocessing, [str(name) for name in classes], threshold, familiarity
+
+
+def _numbers(text: str, count: int) -> list[float]:
+    """A JSON list of ``count`` numbers; ValueError otherwise."""
+    values = json.loads(text)
+    if not (isinstance(values, list) and len(values) == count):
+        raise ValueError(f"{text!r} is not a list of {count} numbers")
+    return [float(v) for v in values]
 
 
 def export_onnx(
@@ -120,21 +140,24 @@ def export_onnx(
     threshold: float,
     opset: int = 17,
 ) -> Path:
-    """Write ``model`` as ONNX with a dynamic batch size and the metadata of `model_metadata`."""
+    """Write ``model`` as ONNX with a dynamic batch size and the metadata of `model_metadata`.
+
+    The file appears whole or not at all (`crack.atomic`).
+    """
     import onnx
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     size = preprocessing.image_size
     example = torch.zeros(2, 3, size, size)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), atomic_path(path) as temporary:
         # The TorchScript-based exporter needs no extra package (the torch.export-based one
         # needs onnxscript) and handles this plain CNN fully; it warns that it is not the default.
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(
             model.eval(),
             (example,),
-            str(path),
+            str(temporary),
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME, FAMILIARITY_NAME],
             dynamic_axes={
@@ -145,11 +168,12 @@ def export_onnx(
             opset_version=opset,
             dynamo=False,
         )
-    exported = onnx.load(str(path))
-    metadata = model_metadata(preprocessing, classes, threshold, float(model.familiarity.threshold))
-    onnx.helper.set_model_props(exported, metadata)
-    onnx.checker.check_model(exported)
-    onnx.save(exported, str(path))
+        exported = onnx.load(str(temporary))
+        familiarity = float(model.familiarity.threshold)
+        metadata = model_metadata(preprocessing, classes, threshold, familiarity)
+        onnx.helper.set_model_props(exported, metadata)
+        onnx.checker.check_model(exported)
+        onnx.save(exported, str(temporary))
     return path
 
 
@@ -168,7 +192,8 @@ def export_torchscript(
     metadata = json.dumps(model_metadata(preprocessing, classes, threshold, familiarity))
     with _torchscript():
         traced = torch.jit.trace(model.eval(), torch.zeros(2, 3, size, size))
-        torch.jit.save(traced, str(path), _extra_files={METADATA_FILE: metadata})
+        with atomic_path(path) as temporary:
+            torch.jit.save(traced, str(temporary), _extra_files={METADATA_FILE: metadata})
     return path
 
 

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crack.errors import UserError
 from crack.preprocessing import MAX_IMAGE_PIXELS, open_image, to_rgb
 
 log = logging.getLogger(__name__)
@@ -56,20 +57,24 @@ def describe_kinds(paths: Sequence[Path]) -> str:
 def check_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[str, str | None]:
     """Hash a file and decode it as training will: (sha256 hex digest, problem or None).
 
-    The problem is a one-line reason (e.g. "OSError: image file is truncated") when the file is
-    not an image Pillow reads, is truncated or corrupt, or has more than ``max_pixels`` pixels.
+    The problem is a one-line reason (e.g. "OSError: image file is truncated") when the file
+    cannot be opened (no read permission), is not an image Pillow reads, is truncated or corrupt,
+    or has more than ``max_pixels`` pixels; the digest is then "" if the file could not be read.
     """
-    with path.open("rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-        f.seek(0)
-        try:
+    digest = ""
+    try:
+        # Opening is inside the try: a file without read permission is a bad file like a
+        # corrupt one (listed and skipped), not the end of the run.
+        with path.open("rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+            f.seek(0)
             with open_image(f, max_pixels) as image:
                 # A JPEG is decoded at 1/8 scale: all its data is still read and checked
                 # (truncation is found) at a third of the cost of a full decode.
                 image.draft(None, (1, 1))
                 to_rgb(image)
-        except Exception as error:  # any failure means training could not read it
-            return digest, f"{type(error).__name__}: {error}"
+    except Exception as error:  # any failure means training could not read it
+        return digest, f"{type(error).__name__}: {error}"
     return digest, None
 
 
@@ -103,7 +108,7 @@ def handle_bad_files(bad: dict[str, str], on_bad_file: str) -> None:
         return
     listing = "\n".join(f"  {path}: {reason}" for path, reason in sorted(bad.items()))
     if on_bad_file == "error":
-        raise ValueError(
+        raise UserError(
             f"{len(bad)} image file(s) cannot be read:\n{listing}\n"
             "Fix or remove them, or skip them with data.on_bad_file=skip."
         )

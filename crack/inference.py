@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from crack.errors import UserError
 from crack.export import (
     FAMILIARITY_NAME,
     INPUT_NAME,
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 # Probability maps are kept at most this many cells on the longer side: enough for a heatmap.
 MAP_SIZE = 512
+EXPORT = "python export.py ckpt=CHECKPOINT format=onnx"
 
 
 class Classifier(Protocol):
@@ -77,17 +79,25 @@ class OnnxClassifier:
         import onnxruntime
 
         path = Path(path).expanduser()
+        source = f"model={str(path)!r}"
         if not path.is_file():
-            raise FileNotFoundError(f"model={str(path)!r} does not exist (an .onnx file).")
+            raise UserError(f"{source} does not exist: give an .onnx file written by {EXPORT}.")
         options = onnxruntime.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = onnxruntime.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"]
-        )
+        try:
+            self.session = onnxruntime.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:  # onnxruntime's InvalidProtobuf, Fail, InvalidGraph, ...
+            reason = " ".join(str(error).split())[:200]
+            raise UserError(
+                f"{source} is not an ONNX model ONNX Runtime can load ({reason}): give an "
+                f".onnx file written by {EXPORT}."
+            ) from error
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.preprocessing, self.classes, self.threshold, self.familiarity_threshold = (
-            parse_metadata(metadata, f"model={str(path)!r}")
+            parse_metadata(metadata, source)
         )
         outputs = [o.name for o in self.session.get_outputs()]
         # Files exported before familiarity existed have one output.
@@ -201,38 +211,53 @@ def predict_files(
     tiling: Tiling = Tiling(),
     heatmap_dir: Path | None = None,
     root: Path | None = None,
-) -> list[Prediction]:
-    """Predict every file: whole images in batches across files, large photos tile by tile.
+) -> Iterator[Prediction]:
+    """Predict every file, yielding each result, in the order of ``paths``, once it is known.
 
-    A file that cannot be read gets a `Prediction` with its ``error``; the others go on.
-    Heatmaps of tiled photos go to ``heatmap_dir`` (named after their path below ``root``).
+    Whole images are classified in batches across files, large photos tile by tile. A file that
+    cannot be read gets a `Prediction` with its ``error``; the others go on. Heatmaps of tiled
+    photos go to ``heatmap_dir`` (see `heatmap_path`).
     """
     transform = classifier.preprocessing.transform()
     tile = tiling.tile_size or classifier.preprocessing.image_size
     stride = tiling.stride or max(1, tile // 2)
-    results = [Prediction(Path(p)) for p in paths]
-    pending: list[tuple[Prediction, torch.Tensor]] = []
+    # Results not yet yielded, in order; an image when it still waits for its batch.
+    waiting: list[tuple[Prediction, torch.Tensor | None]] = []
 
-    def flush() -> None:
-        probs, scores = classifier(torch.stack([image for _, image in pending]))
-        for (result, _), prob, score in zip(pending, probs, scores, strict=True):
-            result.probability = float(prob)
-            result.familiarity = float(score)
-            result.unfamiliar = bool(score > classifier.familiarity_threshold)
-        pending.clear()
+    def flush() -> Iterator[Prediction]:
+        batch = [(result, image) for result, image in waiting if image is not None]
+        if batch:
+            probs, scores = classifier(torch.stack([image for _, image in batch]))
+            for (result, _), prob, score in zip(batch, probs, scores, strict=True):
+                result.probability = float(prob)
+                result.familiarity = float(score)
+                result.unfamiliar = bool(score > classifier.familiarity_threshold)
+        yield from (result for result, _ in waiting)
+        waiting.clear()
 
-    for result in results:
+    for path in paths:
+        result = Prediction(Path(path))
         try:
             photo = load_rgb(result.path)
-            if max(photo.size) <= tiling.min_scale * tile:
-                pending.append((result, transform(photo)))
-                if len(pending) == batch_size:
-                    flush()
-                continue
-            boxes, probs, scores = predict_tiles(classifier, photo, tile, stride, batch_size)
+            whole = max(photo.size) <= tiling.min_scale * tile
+            image = transform(photo) if whole else None
         except Exception as error:  # PIL raises many kinds (OSError, SyntaxError, ...): go on
             result.error = _error_message(error)
             log.warning("Could not read %s: %s", result.path, result.error)
+            waiting.append((result, None))
+            continue
+        if whole:
+            waiting.append((result, image))
+            if sum(image is not None for _, image in waiting) == batch_size:
+                yield from flush()
+            continue
+        yield from flush()  # the results before this photo go first
+        try:
+            boxes, probs, scores = predict_tiles(classifier, photo, tile, stride, batch_size)
+        except Exception as error:  # e.g. a truncated photo that fails only when fully decoded
+            result.error = _error_message(error)
+            log.warning("Could not read %s: %s", result.path, result.error)
+            yield result
             continue
         result.probability = float(probs.max())
         result.familiarity = float(scores.mean())
@@ -243,64 +268,76 @@ def predict_files(
         result.probability_map = probability_map(photo.width, photo.height, boxes, probs)
         if heatmap_dir is not None:
             result.heatmap = write_heatmap(result, photo, threshold, heatmap_dir, root)
-    if pending:
-        flush()
-    return results
+        yield result
+    yield from flush()
+
+
+def heatmap_path(path: Path, folder: Path, root: Path | None) -> Path:
+    """Where the heatmap of ``path`` goes: ``folder/<path below root, extension kept>.png``.
+
+    Keeping the subfolders and the extension keeps the names of different photos apart
+    (``a/b.jpg`` and ``a__b.jpg``, ``wall.jpg`` and ``wall.png``).
+    """
+    relative = path.relative_to(root) if root else Path(path.name)
+    return folder / relative.with_name(relative.name + ".png")
 
 
 def write_heatmap(
     result: Prediction, photo: Image.Image, threshold: float, folder: Path, root: Path | None
 ) -> Path:
-    """Write the heatmap overlay of a tiled photo as ``folder/<path below root>.png``."""
-    relative = result.path.relative_to(root) if root else Path(result.path.name)
-    name = "__".join(relative.with_suffix("").parts) + ".png"
+    """Write the heatmap overlay of a tiled photo to its `heatmap_path`."""
+    path = heatmap_path(result.path, folder, root)
     warning = "UNFAMILIAR PHOTO, do not trust: " if result.unfamiliar else ""
     title = (
-        f"{warning}{relative}: highest tile probability {result.probability:.3f}, "
-        f"{result.tile_fraction:.1%} of {result.tiles} tiles >= {threshold:g}; cyan: map >= {threshold:g}"
+        f"{warning}{path.relative_to(folder).with_suffix('')}: highest tile probability "
+        f"{result.probability:.3f}, {result.tile_fraction:.1%} of {result.tiles} tiles >= "
+        f"{threshold:g}; cyan: map >= {threshold:g}"
     )
     figure = heatmap_figure(photo, result.probability_map, threshold, title)
-    return save_figure(figure, folder / name)
+    return save_figure(figure, path)
+
+
+PREDICTION_COLUMNS = (
+    "path", "probability", "label", "class", "familiarity", "unfamiliar", "tiles",
+    "tile_fraction", "heatmap", "error",
+)  # fmt: skip
 
 
 def write_predictions(
-    path: Path, results: Sequence[Prediction], threshold: float, classes: Sequence[str]
-) -> Path:
-    """predictions.csv: path, crack probability, label (1 = crack), class, tiles, error."""
+    path: Path, results: Iterable[Prediction], threshold: float, classes: Sequence[str]
+) -> list[Prediction]:
+    """predictions.csv: path, crack probability, label (1 = crack), class, tiles, error.
+
+    Each row is written and flushed as its result arrives, so whatever stops the run (a full
+    disk, Ctrl-C) keeps every row computed before. Returns the results.
+    """
+    written = []
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(
-            [
-                "path",
-                "probability",
-                "label",
-                "class",
-                "familiarity",
-                "unfamiliar",
-                "tiles",
-                "tile_fraction",
-                "heatmap",
-                "error",
-            ]
-        )
+        writer.writerow(PREDICTION_COLUMNS)
+        f.flush()
         for r in results:
-            readable = r.probability is not None
-            label = int(r.probability >= threshold) if readable else None
-            writer.writerow(
-                [
-                    str(r.path),
-                    f"{r.probability:.6f}" if readable else "",
-                    "" if label is None else label,
-                    "" if label is None else classes[label],
-                    "" if r.familiarity is None else f"{r.familiarity:.4f}",
-                    "" if r.unfamiliar is None else int(r.unfamiliar),
-                    r.tiles if readable else "",
-                    "" if r.tile_fraction is None else f"{r.tile_fraction:.4f}",
-                    r.heatmap or "",
-                    r.error or "",
-                ]
-            )
-    return path
+            writer.writerow(_prediction_row(r, threshold, classes))
+            f.flush()
+            written.append(r)
+    return written
+
+
+def _prediction_row(r: Prediction, threshold: float, classes: Sequence[str]) -> list:
+    readable = r.probability is not None
+    label = int(r.probability >= threshold) if readable else None
+    return [
+        str(r.path),
+        f"{r.probability:.6f}" if readable else "",
+        "" if label is None else label,
+        "" if label is None else classes[label],
+        "" if r.familiarity is None else f"{r.familiarity:.4f}",
+        "" if r.unfamiliar is None else int(r.unfamiliar),
+        r.tiles if readable else "",
+        "" if r.tile_fraction is None else f"{r.tile_fraction:.4f}",
+        r.heatmap or "",
+        r.error or "",
+    ]
 
 
 def summary(results: Sequence[Prediction], threshold: float, seconds: float) -> str:

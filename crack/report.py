@@ -24,16 +24,18 @@ from torchmetrics.functional.classification import (
     binary_roc,
 )
 
+from crack.atomic import atomic_write
 from crack.preprocessing import load_rgb
 
 THUMBNAIL_SIZE = 160  # pixels of the longer side of an image in errors.png
 
 
 def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
-    """Write ``figure`` as a PNG file and return its path."""
+    """Write ``figure`` as a PNG file (whole or not at all) and return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=dpi)
+    with atomic_write(path, "wb") as f:
+        figure.savefig(f, format="png", dpi=dpi)
     return path
 
 
@@ -189,7 +191,7 @@ def write_predictions_csv(
     """One row per image: path, true label, crack probability, predicted label (1 = crack),
     unfamiliar-photo score and flag."""
     path = Path(path)
-    with path.open("w", newline="") as f:
+    with atomic_write(path, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "probability", "predicted", "familiarity", "unfamiliar"])
         rows = zip(paths, labels.tolist(), probs.tolist(), familiarity.tolist(), unfamiliar.tolist(), strict=True)  # fmt: skip

@@ -24,6 +24,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from crack.checkpoint import DATA_STATE_KEY, read_checkpoint
 from crack.data import CrackDataModule
+from crack.errors import UserError
 from crack.sampling import derived_seed
 
 log = logging.getLogger(__name__)
@@ -39,13 +40,13 @@ def restore_run(resume: str | Path, run_dir: Path, datamodule: CrackDataModule) 
     """
     resume_dir = Path(resume).expanduser().resolve()
     if not resume_dir.is_dir():
-        raise FileNotFoundError(
+        raise UserError(
             f"resume={str(resume)!r} is not a folder. Give the run directory of the run to "
             "continue, e.g. resume=logs/train/2024-05-01_10-00-00."
         )
     ckpt = resume_dir / LAST_CHECKPOINT
     if not ckpt.is_file():
-        raise FileNotFoundError(
+        raise UserError(
             f"resume={str(resume)!r} holds no {LAST_CHECKPOINT}: the run stopped before its first "
             "epoch ended (or this is not a run directory). Start it again without resume=."
         )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crack.atomic import atomic_write
 from crack.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -267,7 +268,7 @@ def write_manifest(samples: Sequence[Sample], path: str | Path) -> None:
     """Write the split as CSV (:data:`MANIFEST_COLUMNS`), paths relative to the data root."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
+    with atomic_write(path, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(MANIFEST_COLUMNS)
         writer.writerows(s.to_row() for s in samples)

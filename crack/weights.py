@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -12,6 +11,7 @@ from torch import nn
 
 from crack.backbones import Backbone
 from crack.errors import UserError
+from crack.torchfile import load_plain
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +48,11 @@ def download_torchvision_weights(backbone: Backbone, name: str) -> dict[str, tor
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A state_dict from a file, without running pickled code (``weights_only``)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"model.weights_path={str(path)!r} does not exist.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # torch's own message advises weights_only=False: exactly what must not be done here.
-        raise UserError(
-            f"model.weights_path={str(path)!r} holds pickled objects other than tensors, which "
-            "could run code when loaded, so it is refused. Give a plain state_dict file."
-        ) from None
-    except Exception as error:
-        raise UserError(
-            f"model.weights_path={str(path)!r} is not a readable weights file "
-            f"({type(error).__name__}). Give a state_dict saved with torch.save."
-        ) from error
+    state = load_plain(
+        path,
+        "model.weights_path",
+        "a state_dict of the backbone (torchvision's, full or features-only)",
+    )
     # Accept Lightning checkpoints and {"model": state_dict} wrappers as well as bare state_dicts.
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):

@@ -117,3 +117,32 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     torch.set_num_threads(threads)
     trainer.save_checkpoint(tmp / "model.ckpt")
     return tmp / "model.ckpt"
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path):
+    """``mount_tmpfs(size="1m", read_only=False)``: a fresh tmpfs folder, e.g. a tiny full disk.
+
+    Skips the test where mounting is not allowed (not root, no CAP_SYS_ADMIN in a container).
+    """
+    import subprocess
+
+    mounted = []
+
+    def mount(size: str = "1m", read_only: bool = False) -> Path:
+        folder = tmp_path / f"tmpfs{len(mounted)}"
+        folder.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() or 'not root'})")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -5,6 +5,7 @@ The callbacks are added with ``+callbacks.NAME={_target_:tests.helpers.CLASS,...
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -37,6 +38,32 @@ def train(*overrides: str, timeout: float = 300) -> str:
     stdout, stderr = process.communicate(timeout=timeout)
     assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
     return stdout
+
+
+def run_entry(
+    script: str, *overrides: str, cwd: Path = ROOT, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run ``python SCRIPT OVERRIDES`` (an entry point of the project) from ``cwd`` to its end."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *overrides],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**ENV, "CRACK_CACHE_DIR": os.environ["CRACK_CACHE_DIR"]},  # set by conftest
+    )
+
+
+def assert_refused(result: subprocess.CompletedProcess, *words: str) -> str:
+    """A user error: exit status 2, no traceback, one ``error:`` line holding ``words``. It."""
+    output = result.stdout[-2000:] + result.stderr[-3000:]
+    assert result.returncode == 2, output
+    assert "Traceback" not in result.stderr, output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, output
+    for word in words:
+        assert word in errors[0], errors[0]
+    return errors[0]
 
 
 def printed_metrics(stdout: str, prefix: str) -> dict[str, float]:

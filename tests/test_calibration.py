@@ -85,7 +85,7 @@ def test_calibration_uses_validation_only_and_survives_the_checkpoint(trained_ch
     assert float(restored.threshold) == pytest.approx(chosen["threshold"])
     for name, value in trained.model.familiarity.state_dict().items():
         torch.testing.assert_close(restored.familiarity.state_dict()[name], value)
-    assert not list(tmp_path.glob(".*partial"))  # written whole, nothing left beside it
+    assert [p.name for p in tmp_path.iterdir()] == ["best.ckpt"]  # written whole, nothing beside it
 
 
 def test_checkpoints_from_before_calibration_load_uncalibrated(trained_checkpoint):

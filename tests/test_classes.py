@@ -1,6 +1,7 @@
 import pytest
 
 from crack.classes import class_names_by_label, class_role, detect_positive_class
+from crack.errors import UserError
 
 
 @pytest.mark.parametrize(
@@ -32,7 +33,7 @@ def test_cracked_not_cracked_labels_are_not_alphabetical():
     "names", [["crack_a", "crack_b"], ["cats", "dogs"], ["Positive", "photos"]]
 )
 def test_ambiguous_or_unknown_names_stop_with_the_fix(names):
-    with pytest.raises(ValueError, match="data.positive_class=") as error:
+    with pytest.raises(UserError, match="data.positive_class=") as error:
         detect_positive_class(names)
     for name in names:
         assert name in str(error.value)
@@ -40,14 +41,14 @@ def test_ambiguous_or_unknown_names_stop_with_the_fix(names):
 
 def test_explicit_positive_class_wins_and_is_checked():
     assert detect_positive_class(["cats", "dogs"], "dogs") == "dogs"
-    with pytest.raises(ValueError, match="not one of the class folders"):
+    with pytest.raises(UserError, match="not one of the class folders"):
         detect_positive_class(["cats", "dogs"], "birds")
 
 
 def test_needs_two_classes():
-    with pytest.raises(ValueError, match="exactly 2"):
+    with pytest.raises(UserError, match="exactly 2"):
         detect_positive_class(["Positive"])
-    with pytest.raises(ValueError, match="exactly 2"):
+    with pytest.raises(UserError, match="exactly 2"):
         detect_positive_class(["Positive", "Negative", "Unsure"])
 
 

@@ -99,9 +99,13 @@ def test_ddp_trainer_config_builds_a_ddp_trainer(tmp_path):
     assert cfg.trainer.max_epochs == 15  # experiment=frozen (the default) still applies
 
 
-def test_resume_runs_in_the_directory_of_the_run_it_continues():
+def test_resume_runs_in_the_directory_of_the_run_it_continues(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a new run directory is created: here, not in the checkout
+    monkeypatch.setattr("crack.rundir._claimed", {})
     assert _compose("train", ["resume=logs/train/a_run"]).hydra.run.dir == "logs/train/a_run"
-    assert _compose("train", []).hydra.run.dir.startswith("logs/train/20")
+    assert not (tmp_path / "logs").exists()  # resuming claims no new directory
+    new = _compose("train", []).hydra.run.dir
+    assert new.startswith("logs/train/20") and (tmp_path / new).is_dir()
 
 
 def test_predict_and_export_configs_compose():

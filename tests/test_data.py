@@ -9,6 +9,7 @@ from PIL import Image
 
 from crack.classes import find_classes
 from crack.data import CrackDataModule
+from crack.errors import UserError
 from crack.files import list_images
 from crack.index import index_images
 from crack.synthetic import make_dataset
@@ -81,27 +82,27 @@ def test_ready_made_split_folders_are_used(tiny_dataset, tmp_path):
 def test_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="data.root is not set"):
         CrackDataModule(None)
-    with pytest.raises((FileNotFoundError, ValueError), match="is not a folder"):
+    with pytest.raises(UserError, match="is not a folder"):
         CrackDataModule(str(tmp_path / "missing")).setup()
     with pytest.raises(ValueError, match="data.on_conflict='keep' is not one of"):
         CrackDataModule(str(tmp_path), on_conflict="keep")
-    with pytest.raises(ValueError, match=f"{tmp_path}.* holds no class folders: put the photos"):
+    with pytest.raises(UserError, match=f"{tmp_path}.* holds no class folders: put the photos"):
         find_classes(tmp_path)
     Image.new("RGB", (8, 8)).save(tmp_path / "loose.png")
-    with pytest.raises(ValueError, match=r"no class folders \(1 images lie directly in it\)"):
+    with pytest.raises(UserError, match=r"no class folders \(1 images lie directly in it\)"):
         find_classes(tmp_path)
     (tmp_path / "crack").mkdir()
-    with pytest.raises(ValueError, match=f"{tmp_path} holds a single class folder.*Add the other"):
+    with pytest.raises(UserError, match=f"{tmp_path} holds a single class folder.*Add the other"):
         find_classes(tmp_path)
     (tmp_path / "no_crack").mkdir()
     (tmp_path / "no_crack" / "notes.txt").write_text("to do")
     with pytest.raises(ValueError, match=r"no_crack holds no images .*only 1 .txt.*data.classes"):
         CrackDataModule(str(tmp_path)).setup()
     (tmp_path / "unsure").mkdir()
-    with pytest.raises(ValueError, match=r"3 class folders.*data.classes=\[crack,no_crack\]"):
+    with pytest.raises(UserError, match=r"3 class folders.*data.classes=\[crack,no_crack\]"):
         find_classes(tmp_path)
     assert find_classes(tmp_path, classes=["no_crack", "crack"]) == ["no_crack", "crack"]
-    with pytest.raises(ValueError, match=r"no folder \['cracked'\] under"):
+    with pytest.raises(UserError, match=r"no folder \['cracked'\] under"):
         find_classes(tmp_path, classes=["cracked", "no_crack"])
 
 
@@ -137,7 +138,7 @@ def test_bad_and_junk_files_are_listed_and_skipped_never_loaded(messy_dataset, c
     for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
         for images, _ in loader:
             assert images.shape[1:] == (3, 32, 32)
-    with pytest.raises(ValueError, match=r"(?s)2 image file.*renamed.jpg.*truncated.jpg"):
+    with pytest.raises(UserError, match=r"(?s)2 image file.*renamed.jpg.*truncated.jpg"):
         CrackDataModule(str(messy_dataset), on_bad_file="error").setup()
 
 

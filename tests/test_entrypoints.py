@@ -139,12 +139,12 @@ def test_eval_on_another_folder_uses_every_image(demo_run, tmp_path):
 
 def test_eval_requires_a_readable_checkpoint(tmp_path):
     missing = run("eval.py", f"hydra.run.dir={tmp_path}", check=False)
-    assert missing.returncode != 0 and "ckpt is required" in missing.stdout + missing.stderr
+    assert missing.returncode == 2 and "error: ckpt is required" in missing.stderr
     (tmp_path / "broken.ckpt").write_bytes(b"not a checkpoint")
     broken = run(
         "eval.py", f"ckpt={tmp_path / 'broken.ckpt'}", f"hydra.run.dir={tmp_path}", check=False
     )
-    assert broken.returncode != 0 and "not a readable checkpoint" in broken.stderr
+    assert broken.returncode == 2 and "is not a PyTorch file but a text file" in broken.stderr
 
 
 def test_finetune_with_local_weights_unfreezes_and_trains(tiny_dataset, tmp_path):
@@ -203,7 +203,7 @@ def test_export_onnx_then_predict_a_folder_through_onnx_runtime(demo_run, tmp_pa
     assert set(rows) == {"a.jpg", "b.png", "large.tif", "broken.jpg"}
     assert rows["broken.jpg"]["error"] and not rows["broken.jpg"]["probability"]
     assert rows["large.tif"]["tiles"] == "15" and rows["a.jpg"]["tiles"] == "0"
-    heatmap = tmp_path / "predict" / "heatmaps" / "site__large.png"
+    heatmap = tmp_path / "predict" / "heatmaps" / "site" / "large.tif.png"
     assert rows["large.tif"]["heatmap"] == str(heatmap) and Image.open(heatmap).format == "PNG"
 
 
@@ -213,7 +213,7 @@ def test_predict_fails_only_when_no_file_is_readable(demo_run, tmp_path):
     (tmp_path / "in" / "broken.png").write_bytes(b"not an image")
     result = run("predict.py", f"ckpt={ckpt}", f"input={tmp_path / 'in'}",
                  f"hydra.run.dir={tmp_path / 'out'}", check=False)  # fmt: skip
-    assert result.returncode != 0
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "None of the 1 files" in result.stderr and "could be read" in result.stderr
     rows = list(csv.DictReader((tmp_path / "out" / "predictions.csv").open()))
     assert len(rows) == 1 and "UnidentifiedImageError" in rows[0]["error"]

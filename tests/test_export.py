@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from crack.checkpoint import load_trained_model
+from crack.errors import UserError
 from crack.export import (
     ProbabilityModel,
     export_onnx,
@@ -45,8 +46,8 @@ def test_predict_through_onnx_runtime_gives_the_pytorch_results(
     make_image(rng, 32, crack=True).save(files[0])
     make_image(rng, 32, crack=False).save(files[1])
     draw_crack(make_texture(rng, 100, 60, scale=0.5), rng, region=(0, 0, 32, 32)).save(files[2])
-    by_torch = predict_files(TorchClassifier(trained_checkpoint), files, 0.5)
-    by_onnx = predict_files(OnnxClassifier(path), files, 0.5)
+    by_torch = list(predict_files(TorchClassifier(trained_checkpoint), files, 0.5))
+    by_onnx = list(predict_files(OnnxClassifier(path), files, 0.5))
     assert [r.tiles for r in by_onnx] == [0, 0, 6 * 3]
     for a, b in zip(by_torch, by_onnx, strict=True):
         assert a.probability == pytest.approx(b.probability, abs=1e-4)
@@ -72,7 +73,7 @@ def test_parity_images_stand_in_when_the_training_data_is_gone(trained, tmp_path
 
 
 def test_metadata_errors_name_the_fix():
-    with pytest.raises(ValueError, match=r"lacks the metadata .*python export.py"):
+    with pytest.raises(UserError, match=r"lacks the metadata .*python export.py"):
         parse_metadata({"image_size": "224"}, "model='x.onnx'")
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from crack.errors import UserError
 from crack.files import check_image, check_images, describe_kinds, handle_bad_files, list_files
 
 
@@ -58,8 +59,6 @@ def test_bad_files_are_skipped_with_a_listing_or_stop_the_run(caplog):
     with caplog.at_level(logging.WARNING):
         handle_bad_files(bad, "skip")
     assert "Positive/x.jpg: OSError: image file is truncated" in caplog.text
-    with pytest.raises(
-        ValueError, match=r"(?s)2 image file.*Negative/y.png.*data.on_bad_file=skip"
-    ):
+    with pytest.raises(UserError, match=r"(?s)2 image file.*Negative/y.png.*data.on_bad_file=skip"):
         handle_bad_files(bad, "error")
     handle_bad_files({}, "error")  # nothing bad, nothing to say

@@ -78,7 +78,7 @@ def test_tiled_photos_are_most_cracked_where_the_crack_is(trained_checkpoint, tm
         on_crack_probs += list(probs[on_crack])
         elsewhere_probs += list(probs[~on_crack])
         top_tile_on_crack += on_crack[np.argmax(probs)]
-        assert result.heatmap == tmp_path / "maps" / f"{result.path.stem}.png"
+        assert result.heatmap == tmp_path / "maps" / f"{result.path.name}.png"
         assert Image.open(result.heatmap).format == "PNG"
     # A model trained from scratch for seconds has false alarms, but far fewer than hits: tiles
     # on the crack score 3-4x the others on average (several such models checked), and the top
@@ -138,8 +138,9 @@ def test_odd_image_modes_are_read_and_broken_files_reported(trained_checkpoint, 
     assert readable["grey.png"] == pytest.approx(readable["grey16.png"], abs=1e-6)
     assert 0 <= readable["palette.png"] <= 1 and 0 <= readable["photo.jpg"] <= 1
 
-    csv_path = write_predictions(tmp_path / "p.csv", list(results.values()), 0.5, ["no", "yes"])
-    rows = list(csv.DictReader(csv_path.open()))
+    written = write_predictions(tmp_path / "p.csv", results.values(), 0.5, ["no", "yes"])
+    assert written == list(results.values())
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
     assert len(rows) == 12 and set(rows[0]) >= {"path", "probability", "label", "class", "error"}
     broken = [r for r in rows if r["error"]]
     assert len(broken) == 2 and all(r["probability"] == "" for r in broken)

@@ -13,6 +13,7 @@ import torch
 from helpers import printed_metrics, start_train, train
 
 from crack.data import CrackDataModule
+from crack.errors import UserError
 from crack.resume import restore_run
 
 PROBE = "tests.helpers.WaitForSignal"
@@ -105,7 +106,7 @@ def test_resumed_run_ends_exactly_as_the_uninterrupted_run(runs, tiny_dataset):
 
 def test_restore_run_explains_a_wrong_directory(tiny_dataset, tmp_path):
     datamodule = CrackDataModule(str(tiny_dataset))
-    with pytest.raises(FileNotFoundError, match="is not a folder"):
+    with pytest.raises(UserError, match="is not a folder"):
         restore_run(tmp_path / "missing", tmp_path, datamodule)
-    with pytest.raises(FileNotFoundError, match="stopped before its first epoch ended"):
+    with pytest.raises(UserError, match="stopped before its first epoch ended"):
         restore_run(tmp_path, tmp_path, datamodule)

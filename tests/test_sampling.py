@@ -3,6 +3,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from crack.errors import UserError
 from crack.sampling import EpochShuffle, evaluation_sampler
 
 
@@ -27,5 +28,5 @@ def test_evaluation_sampler_gives_each_image_to_exactly_one_process():
         for rank in (0, 1)
     ]
     assert sorted(shares[0] + shares[1]) == dataset and [len(s) for s in shares] == [4, 3]
-    with pytest.raises(ValueError, match="every process needs one"):
+    with pytest.raises(UserError, match="every process needs one"):
         evaluation_sampler(dataset[:2], SimpleNamespace(world_size=4, global_rank=0))

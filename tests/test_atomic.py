@@ -1,0 +1,49 @@
+"""Files and checkpoints appear whole or not at all, even on a full disk."""
+
+import errno
+import os
+
+import pytest
+import torch
+
+from crack.atomic import AtomicCheckpointIO, atomic_write
+
+
+def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text("old")
+    with pytest.raises(RuntimeError), atomic_write(path) as f:
+        f.write("half of the new")
+        raise RuntimeError("stopped halfway")
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["metrics.json"]
+    with atomic_write(path) as f:
+        f.write("new")
+        assert path.read_text() == "old"  # nothing shows until the block ends
+    assert path.read_text() == "new" and os.listdir(tmp_path) == ["metrics.json"]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        with atomic_write(tmp_path / "a.csv") as f:
+            f.write("x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "a.csv").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_checkpoint_on_a_full_disk_keeps_the_previous_one(mount_tmpfs, tmp_path, monkeypatch):
+    # $TMPDIR on another filesystem than the checkpoints: Lightning's own writer then copies.
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    disk = mount_tmpfs("600k")
+    io = AtomicCheckpointIO()
+    best = disk / "checkpoints" / "best.ckpt"
+    first = {"state_dict": {"w": torch.full((100_000,), 1.0)}}  # 400 kB: fits once, not twice
+    io.save_checkpoint(first, best)
+    second = {"state_dict": {"w": torch.full((100_000,), 2.0)}}
+    with pytest.raises(OSError) as error:
+        io.save_checkpoint(second, best)
+    assert error.value.errno == errno.ENOSPC and error.value.filename == str(best)
+    kept = torch.load(best, weights_only=True)
+    assert torch.equal(kept["state_dict"]["w"], first["state_dict"]["w"])
+    assert os.listdir(best.parent) == ["best.ckpt"]  # no half-written temporary left behind
