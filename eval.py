@@ -17,6 +17,7 @@ from crack.allocator import keep_freed_memory
 from crack.checkpoint import load_trained_model
 from crack.classes import find_classes
 from crack.data import ImageFileDataset
+from crack.field_report import write_evaluation_html
 from crack.index import index_images
 from crack.metrics import evaluation_metrics, format_metrics
 from crack.report import write_evaluation_report
@@ -59,6 +60,21 @@ def main(cfg: DictConfig) -> dict:
     paths = [root / s.path for s in samples]
     report = write_evaluation_report(
         run_dir, paths, labels, probs, metrics, trained.classes, cfg.threshold, cfg.max_errors
+    )
+    about = {"checkpoint": str(cfg.ckpt), "data": str(root)}
+    report.append(
+        write_evaluation_html(
+            run_dir,
+            paths,
+            labels,
+            probs,
+            metrics,
+            trained.classes,
+            cfg.threshold,
+            cfg.max_errors,
+            root,
+            about,
+        )
     )
     print(format_metrics(metrics))
     print(f"Wrote {run_dir / 'metrics.json'}, {', '.join(p.name for p in report)}")

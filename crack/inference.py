@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from crack.crackmap import grad_cam_map
 from crack.export import INPUT_NAME, OUTPUT_NAME, ProbabilityModel, parse_metadata
 from crack.preprocessing import Preprocessing, load_rgb
 from crack.report import heatmap_figure, save_figure
@@ -148,6 +149,8 @@ class Prediction:
     error: str | None = None
     tile_probabilities: np.ndarray | None = field(default=None, repr=False)  # as `tile_boxes`
     probability_map: np.ndarray | None = field(default=None, repr=False)
+    familiarity: float | None = None  # how much the photo looks like the training photos
+    unfamiliar: bool | None = None  # None: not checked
 
 
 def predict_tiles(
@@ -215,6 +218,10 @@ def predict_files(
         result.tile_fraction = float((probs >= threshold).mean())
         result.tile_probabilities = probs
         result.probability_map = probability_map(photo.width, photo.height, boxes, probs)
+        if isinstance(classifier, TorchClassifier):  # finer: where in each tile (ONNX: no grads)
+            result.probability_map = grad_cam_map(
+                classifier.model, transform, photo, boxes, probs, result.probability_map.shape
+            )
         if heatmap_dir is not None:
             result.heatmap = write_heatmap(result, photo, threshold, heatmap_dir, root)
     if pending:
