@@ -118,8 +118,8 @@ class StagedUnfreezing(BaseFinetuning):
             lr = optimizer.param_groups[0]["lr"] * m.lr_factor
             self.unfreeze_and_add_param_group(blocks[-m.blocks :], optimizer, lr=lr, train_bn=True)
             blocks[-m.blocks :].train()
-            log.info(
-                "Epoch %d: unfroze the last %d backbone blocks at lr %.2e", epoch, m.blocks, lr
+            log.info(  # epochs counted from 1, as in the progress bar and curves.png
+                "Epoch %d: unfroze the last %d backbone blocks at lr %.2e", epoch + 1, m.blocks, lr
             )
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
