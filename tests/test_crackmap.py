@@ -1,0 +1,71 @@
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from crack.crackmap import grad_cam, grad_cam_map, marked_fraction_inside
+from crack.export import ProbabilityModel
+from crack.inference import tile_boxes
+from crack.model import CrackClassifier
+
+
+def brightness_model() -> ProbabilityModel:
+    """A model whose crack logit is the mean brightness: its Grad-CAM is the brightness itself.
+
+    The gradient of a mean over the map is the same positive number everywhere, so the weighted
+    sum is the activation, which is the mean of the RGB channels (>= 0, no ReLU clipping).
+    """
+    to_grey = nn.Conv2d(3, 1, 1, bias=False)
+    nn.init.constant_(to_grey.weight, 1 / 3)
+    pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1, 1))
+    nn.init.constant_(pool[-1].weight, 4.0)
+    nn.init.constant_(pool[-1].bias, -2.0)
+    return ProbabilityModel(nn.Sequential(nn.Identity(), to_grey), pool).eval()
+
+
+def to_unit(tiles: torch.Tensor) -> torch.Tensor:
+    return tiles.float() / 255
+
+
+def test_grad_cam_of_the_last_block_is_where_the_evidence_is():
+    images = torch.zeros(2, 3, 8, 8)
+    images[0, :, :, :4] = 1.0  # bright left half
+    probs, cams = grad_cam(brightness_model(), images)
+    assert cams.shape == (2, 8, 8)
+    torch.testing.assert_close(probs, torch.sigmoid(torch.tensor([4 * 0.5 - 2, -2.0])))
+    assert torch.all(cams[0, :, :4] == 1) and torch.all(cams[0, :, 4:] == 0)
+    assert torch.all(cams[1] == 0)  # nothing speaks for a crack: all zero, not NaN
+
+
+def test_grad_cam_map_is_tile_probability_times_grad_cam_upsampled_to_each_tile():
+    pixels = np.zeros((16, 32, 3), np.uint8)
+    pixels[:, 4:8] = 255  # a bright stripe in the first tile
+    photo = Image.fromarray(pixels)
+    boxes = tile_boxes(32, 16, 16, 16)  # two tiles side by side
+    probs = np.array([0.8, 0.0])
+    crack_map = grad_cam_map(brightness_model(), to_unit, photo, boxes, probs, (16, 32))
+    assert crack_map.shape == (16, 32)
+    np.testing.assert_allclose(crack_map[:, 4:8], 0.8)  # the tile's probability on the stripe
+    assert np.all(crack_map[:, :3] == 0) and np.all(crack_map[:, 9:16] == 0)  # not beside it
+    assert np.all(crack_map[:, 16:] == 0)  # a tile of probability 0 adds nothing
+    # On a coarser grid (a large photo), each tile fills its footprint there.
+    coarse = grad_cam_map(brightness_model(), to_unit, photo, boxes, probs, (4, 8))
+    assert coarse.shape == (4, 8) and coarse.max() <= 0.8 and np.all(coarse[:, 4:] == 0)
+
+
+def test_grad_cam_of_mobilenet_is_upsampled_from_its_last_block():
+    model = CrackClassifier(weights=None).eval()
+    probability_model = ProbabilityModel(model.features, model.head).eval()
+    images = torch.randn(3, 3, 64, 64)
+    probs, cams = grad_cam(probability_model, images)
+    assert cams.shape == (3, 2, 2)  # 64 px / 32
+    torch.testing.assert_close(probs, probability_model(images))
+    assert torch.all((cams >= 0) & (cams <= 1))
+    assert not any(p.grad is not None for p in probability_model.parameters())  # no side effects
+
+
+def test_marked_fraction_inside_counts_the_marked_cells_on_the_mask():
+    crack_map = np.array([[0.9, 0.6, 0.1], [0.7, 0.2, 0.0]])
+    inside = np.array([[True, False, False], [True, True, True]])
+    assert marked_fraction_inside(crack_map, 0.5, inside) == 2 / 3
+    assert np.isnan(marked_fraction_inside(crack_map * 0, 0.5, inside))
