@@ -4,9 +4,11 @@ The tile map (``crack.inference.probability_map``, the mean probability of the t
 a pixel) marks whole tiles: a thin crack lights up a tile-sized square, and the outline at the
 threshold covers intact concrete beside it. Grad-CAM (Selvaraju et al., 2017) says which part of
 a tile made the model call it cracked: the activation of the last backbone block, weighted by the
-gradient of the crack logit. Scaled by the tile's probability and combined over the overlapping
-tiles by their maximum, the map keeps the tile map's meaning (a value >= the threshold needs a
-tile at or over it) but concentrates it on the crack.
+gradient of the crack logit. Scaled by the tile's probability and averaged over the overlapping
+tiles as the tile map is, the map is nowhere above the tile map (p x Grad-CAM <= p): what it
+marks at a threshold is a part of what the tile map marks, the part where the crack is.
+(Combining by the maximum instead marked more intact concrete than the tile map on the
+benchmark, benchmarks/crackmap_quadrants.py: one confident tile spreads its coarse map.)
 
 Only the PyTorch backend has the gradients; ONNX Runtime keeps the tile map.
 """
@@ -60,7 +62,7 @@ def grad_cam_map(
     batch_size: int = 32,
     block: int = -1,
 ) -> np.ndarray:
-    """The photo's crack map on a ``shape`` (rows, cols) grid: max over tiles of p x Grad-CAM.
+    """The photo's crack map on a ``shape`` (rows, cols) grid: mean over tiles of p x Grad-CAM.
 
     ``boxes`` and ``probs`` are the tiles and their crack probabilities (as from
     ``crack.inference.predict_tiles``); ``transform`` is the model's preprocessing. Each tile's
@@ -68,29 +70,36 @@ def grad_cam_map(
     """
     rows, cols = shape
     factor = max(photo.width / cols, photo.height / rows)
-    crack_map = np.zeros(shape, np.float32)
+    footprints = [
+        np.s_[
+            round(top / factor) : round(bottom / factor),
+            round(left / factor) : round(right / factor),
+        ]
+        for left, top, right, bottom in boxes
+    ]
+    total = np.zeros(shape, np.float32)
+    count = np.zeros(shape, np.float32)
+    for cells in footprints:
+        count[cells] += 1  # every tile counts, also those that add nothing
     explained = [i for i, p in enumerate(probs) if p >= MIN_TILE_PROBABILITY]
     pixels = v2.functional.pil_to_tensor(photo)
     for start in range(0, len(explained), batch_size):
-        batch = [boxes[i] for i in explained[start : start + batch_size]]
-        tiles = torch.stack([pixels[:, t:b, left:r] for left, t, r, b in batch])
+        indices = explained[start : start + batch_size]
+        tiles = torch.stack(
+            [pixels[:, t:b, left:r] for left, t, r, b in map(boxes.__getitem__, indices)]
+        )
         _, cams = grad_cam(model, transform(tiles), block)
-        for index, (left, top, right, bottom), cam in zip(
-            explained[start : start + batch_size], batch, cams, strict=True
-        ):
-            cells = np.s_[
-                round(top / factor) : round(bottom / factor),
-                round(left / factor) : round(right / factor),
-            ]
-            height, width = crack_map[cells].shape
+        for index, cam in zip(indices, cams, strict=True):
+            cells = footprints[index]
+            height, width = total[cells].shape
             if not height or not width:
                 continue
             upsampled = F.interpolate(
                 cam[None, None], size=(height, width), mode="bilinear", align_corners=False
             )[0, 0].numpy()
             # The tile's own probability, not the recomputed one: the map agrees with the tiles.
-            np.maximum(crack_map[cells], float(probs[index]) * upsampled, out=crack_map[cells])
-    return crack_map
+            total[cells] += float(probs[index]) * upsampled
+    return total / np.maximum(count, 1)
 
 
 def marked_fraction_inside(crack_map: np.ndarray, threshold: float, inside: np.ndarray) -> float:

@@ -69,3 +69,23 @@ def test_marked_fraction_inside_counts_the_marked_cells_on_the_mask():
     inside = np.array([[True, False, False], [True, True, True]])
     assert marked_fraction_inside(crack_map, 0.5, inside) == 2 / 3
     assert np.isnan(marked_fraction_inside(crack_map * 0, 0.5, inside))
+
+
+def test_grad_cam_map_is_nowhere_above_the_tile_map():
+    from crack.inference import probability_map
+
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, 160)[None, :, None]  # darker left: lower tile probabilities
+    noise = rng.normal(0, 40, (96, 160, 3))
+    photo = Image.fromarray(np.clip(ramp + noise, 0, 255).astype(np.uint8))
+    boxes = tile_boxes(160, 96, 64, 32)
+    model = brightness_model()
+    pixels = torch.from_numpy(np.array(photo)).permute(2, 0, 1)
+    tiles = torch.stack([to_unit(pixels[:, t:b, left:r]) for left, t, r, b in boxes])
+    with torch.no_grad():
+        probs = model(tiles).numpy()
+    tile_map = probability_map(160, 96, boxes, probs)
+    cam_map = grad_cam_map(model, to_unit, photo, boxes, probs, tile_map.shape)
+    assert cam_map.shape == tile_map.shape and probs.min() < 0.3 and probs.max() > 0.7
+    assert np.all(cam_map <= tile_map + 1e-6)  # marks a part of what the tile map marks
+    assert np.any(cam_map < tile_map - 0.05) and (cam_map >= 0.5).any()  # and not all of it
