@@ -235,16 +235,24 @@ def metrics_table(rows: Sequence[tuple[str, object]]) -> str:
     return f'<table class="metrics">{cells}</table>'
 
 
-def card_html(card: Card) -> str:
+# The first cards load at once (lazy images on the first screen can be drawn blank, e.g. in
+# a headless screenshot); the rest when scrolled to, so 10,000 cards open quickly.
+EAGER_CARDS = 24
+
+
+def card_html(card: Card, lazy: bool = True) -> str:
     """One card; the filters select on its classes."""
     name = html.escape(card.name)
+    loading = ' loading="lazy"' if lazy else ""
+    # Long paths wrap after a folder name rather than inside a word.
+    shown_name = name.replace("/", "/<wbr>")
     image = (
-        f'<img src="{card.thumbnail}" alt="{name}" loading="lazy">'
+        f'<img src="{card.thumbnail}" alt="{name}"{loading}>'
         if card.thumbnail
         else '<div class="missing">no image</div>'
     )
     parts = [f'<a class="photo" href="{html.escape(card.href)}">{image}</a>']
-    parts.append(f'<a class="name" href="{html.escape(card.href)}">{name}</a>')
+    parts.append(f'<a class="name" href="{html.escape(card.href)}">{shown_name}</a>')
     # The first line (the crack probability) is what a reader scans for: shown in bold.
     parts += [
         f"<div{' class=first' if i == 0 else ''}>{html.escape(line)}</div>"
@@ -256,7 +264,7 @@ def card_html(card: Card) -> str:
         src, href = card.heatmap
         parts.append(
             f'<a class="heatmap" href="{html.escape(href)}">'
-            f'<img src="{src}" alt="crack map of {name}" loading="lazy"></a>'
+            f'<img src="{src}" alt="crack map of {name}"{loading}></a>'
         )
     return f'<div class="card {" ".join(card.tags)}">{"".join(parts)}</div>'
 
@@ -299,7 +307,7 @@ def render_page(
 <section class="figures">{figures_html}</section>
 <nav class="filters">{" ".join(buttons)} <span class="muted"><span id="shown">{len(cards)}</span> shown</span></nav>
 <main class="grid">
-{"".join(card_html(c) + chr(10) for c in cards)}</main>
+{"".join(card_html(c, i >= EAGER_CARDS) + chr(10) for i, c in enumerate(cards))}</main>
 <script>{SCRIPT}</script>
 </body></html>
 """
@@ -324,7 +332,7 @@ table.metrics th,table.metrics td{padding:3px 10px;border-bottom:1px solid #eee;
 .filters a.active{background:#222;color:#fff;border-color:#222}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(170px,1fr));gap:10px}
 .card{background:#fff;border-radius:8px;padding:6px;font-size:.85em;border-top:4px solid #999;
- overflow-wrap:anywhere}
+ overflow-wrap:break-word}
 .card[hidden]{display:none!important}
 .card.cracked,.card.false-negative{border-top-color:#d62728}
 .card.intact,.card.false-positive{border-top-color:#2ca02c}

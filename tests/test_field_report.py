@@ -48,7 +48,8 @@ def photo_predictions(folder: Path) -> list[Prediction]:
 
 
 def card_names(page: str) -> list[str]:
-    return re.findall(r'<a class="name" href="[^"]*">([^<]*)</a>', page)
+    names = re.findall(r'<a class="name" href="[^"]*">(.*?)</a>', page)
+    return [name.replace("<wbr>", "") for name in names]
 
 
 def write_report(tmp_path: Path, **kwargs) -> tuple[Path, list[Prediction]]:
@@ -65,7 +66,10 @@ def write_report(tmp_path: Path, **kwargs) -> tuple[Path, list[Prediction]]:
     return report, results
 
 
-def test_report_has_a_card_per_photo_sorted_by_probability_and_is_self_contained(tmp_path):
+def test_report_has_a_card_per_photo_sorted_by_probability_and_is_self_contained(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr("crack.field_report.EAGER_CARDS", 3)
     report, _ = write_report(tmp_path)
     page = report.read_text()
     assert card_names(page) == [
@@ -87,7 +91,7 @@ def test_report_has_a_card_per_photo_sorted_by_probability_and_is_self_contained
     assert len(re.findall(r'<img src="data:image/jpeg;base64,', page)) == 7 + 1  # + heatmap
     assert 'href="heatmaps/large.png"' in page  # the full heatmap, relative to the report
     assert f'href="{(tmp_path / "photos" / "a" / "crack1.jpg").as_uri()}"' in page
-    assert page.count('loading="lazy"') == 8
+    assert page.count('loading="lazy"') == 4  # the thumbnails after the first 3 cards
     assert not (report.parent / "report_files").exists()
 
 
