@@ -10,16 +10,13 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
-from torch.utils.data import DataLoader
+from omegaconf import DictConfig, OmegaConf
 
 from crack.allocator import keep_freed_memory
 from crack.checkpoint import load_trained_model
-from crack.classes import find_classes
-from crack.data import ImageFileDataset
+from crack.data import CrackDataModule
 from crack.field_report import write_evaluation_html
-from crack.index import index_images
-from crack.metrics import evaluation_metrics, format_metrics
+from crack.metrics import evaluation_metrics, format_metrics, unfamiliar_summary
 from crack.report import write_evaluation_report
 
 log = logging.getLogger("eval")
@@ -37,46 +34,38 @@ def main(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     trained = load_trained_model(cfg.ckpt)
 
-    if cfg.data.root:
-        root = Path(cfg.data.root).expanduser().resolve()
-        classes = find_classes(root, cfg.data.positive_class, cfg.data.classes)
-        samples, _ = index_images(root, classes)  # every readable image, whatever its split
-        log.info(
-            "Evaluating all %d images under %s (crack class %r)", len(samples), root, classes[1]
-        )
-    else:
-        root = trained.root
-        samples = [s for s in trained.samples if s.split == "test"]
-        log.info("Evaluating the test split of %s: %d images", root, len(samples))
+    # The checkpoint's own test split, or every readable image under data.root.
+    settings = OmegaConf.to_container(cfg.data, resolve=True)
+    datamodule = CrackDataModule.for_evaluation(trained.data_state, **settings)
+    samples, root = datamodule.split_samples("test"), datamodule.root
+    what = f"all {len(samples)} images under" if cfg.data.root else "the test split of"
+    log.info("Evaluating %s %s (crack class %r)", what, root, datamodule.classes[1])
 
-    dataset = ImageFileDataset(root, samples, trained.preprocessing.transform())
-    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
     trainer = instantiate(cfg.trainer, default_root_dir=run_dir)
-    probs = torch.cat(trainer.predict(trained.model, loader))
+    outputs = trainer.predict(trained.model, datamodule=datamodule)
+    probs = torch.cat([batch for batch, _ in outputs])
+    familiarity = torch.cat([batch for _, batch in outputs])
     labels = torch.tensor([s.label for s in samples])
+    # The operating point chosen on the training run's validation split, unless given.
+    threshold = float(trained.model.threshold) if cfg.threshold is None else cfg.threshold
+    unfamiliar = trained.model.familiarity.unfamiliar(familiarity)
 
-    metrics = evaluation_metrics(probs, labels, cfg.threshold)
+    metrics = evaluation_metrics(probs, labels, threshold, unfamiliar)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     paths = [root / s.path for s in samples]
     report = write_evaluation_report(
-        run_dir, paths, labels, probs, metrics, trained.classes, cfg.threshold, cfg.max_errors
-    )
+        run_dir, paths, labels, probs, metrics, trained.classes, threshold, familiarity,
+        unfamiliar, cfg.max_errors,
+    )  # fmt: skip
     about = {"checkpoint": str(cfg.ckpt), "data": str(root)}
     report.append(
         write_evaluation_html(
-            run_dir,
-            paths,
-            labels,
-            probs,
-            metrics,
-            trained.classes,
-            cfg.threshold,
-            cfg.max_errors,
-            root,
-            about,
+            run_dir, paths, labels, probs, metrics, trained.classes, threshold, cfg.max_errors,
+            root, about,
         )
-    )
+    )  # fmt: skip
     print(format_metrics(metrics))
+    print(unfamiliar_summary(int(unfamiliar.sum()), len(samples)))
     print(f"Wrote {run_dir / 'metrics.json'}, {', '.join(p.name for p in report)}")
     print(f"TensorBoard: tensorboard --logdir {run_dir}")
     return metrics

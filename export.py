@@ -30,10 +30,12 @@ def main(cfg: DictConfig) -> float:
         raise SystemExit(f"format={cfg.format!r} is not one of: {', '.join(FORMATS)}")
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     trained = load_trained_model(cfg.ckpt)
-    model = ProbabilityModel(trained.model.features, trained.model.head).eval()
+    model = ProbabilityModel.of(trained.model)
+    # The operating point chosen on the training run's validation split, unless given.
+    threshold = float(trained.model.threshold) if cfg.threshold is None else cfg.threshold
     suffix = ".onnx" if cfg.format == "onnx" else ".pt"
     output = Path(cfg.output).expanduser() if cfg.output else run_dir / f"model{suffix}"
-    settings = (trained.preprocessing, trained.classes, cfg.threshold)
+    settings = (trained.preprocessing, trained.classes, threshold)
     if cfg.format == "onnx":
         export_onnx(model, output, *settings, opset=cfg.opset)
     else:

@@ -15,6 +15,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from crack.allocator import keep_freed_memory
+from crack.calibration import CalibrationSettings, calibrate, write_calibration
 from crack.checkpoint import load_weights_from
 from crack.console import quiet_lightning
 from crack.resume import restore_run
@@ -58,6 +59,13 @@ def main(cfg: DictConfig) -> float:
     loggers, trainer.loggers = trainer.loggers, []
     (val_metrics,) = trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
     trainer.loggers = loggers
+    # The operating point, temperature and unfamiliar-photo statistics of the kept weights,
+    # chosen on the validation split and stored in best.ckpt, which test, eval, predict and
+    # export then use.
+    if trainer.is_global_zero:
+        settings = CalibrationSettings(**cfg.calibration)
+        write_calibration(best, model, calibrate(model, datamodule, settings))
+    trainer.strategy.barrier("calibration")
     test_metrics = {}
     if cfg.test:
         (test_metrics,) = trainer.test(model, datamodule=datamodule, ckpt_path=best)

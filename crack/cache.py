@@ -1,51 +1,88 @@
-"""Work done once and stored: the outputs of the backbone's frozen blocks, and decoded images.
+"""What training computes once and stores instead of every epoch, decided in one place.
 
-Two kinds of store, each a memory-mapped ``.npy`` array with one row per image, under
-``data.cache_dir``:
+- **features**: the outputs of the backbone's blocks that stay frozen for the whole run. A
+  frozen block computes the same output for the same image in every epoch and every run, so
+  `FeatureCache` has them computed once and training runs only the rest. With orientation
+  augmentation (flips, quarter turns) each image's outputs are stored for each of its variants,
+  and each epoch reads the variant the sampler chose: the same as computing it, exactly.
+- **images**: each file decoded and resized once (uint8), when images must go through the whole
+  network every epoch (colour augmentation, or every block trainable).
 
-- ``features/``: what the frozen first blocks of the backbone output for each image. With
-  augmentation off, a frozen block computes the same output for the same image in every epoch and
-  every run, so `FeatureCache` has it computed once and training runs only the rest.
-- ``images/``: each file decoded and resized once (uint8), for when images must go through the
-  whole network every epoch (augmentation on, or every block trainable).
+`plan_cache` makes the decision; `FeatureCache` carries it out at setup: it builds or reuses the
+store (`crack.store`), tells the datamodule to serve it and the model where its rows enter the
+backbone. The model and the datamodule know nothing of caching. A store's key is everything its
+rows depend on: the files' contents (their SHA-256 from indexing) in order, the preprocessing,
+and for features the frozen blocks' weights, where they end and the variants stored.
 
 ``data.cache_dir`` defaults to ``$CRACK_CACHE_DIR`` if set (the tests point it at a temporary
-folder), else ``.cache/crack`` under the working directory.
-
-A store is named by a hash of everything its rows depend on: the files' contents in order, the
-preprocessing, and for features the weights of the frozen blocks and where they end. Any change
-selects a new store; an unchanged setup reuses the old one. Old stores are never deleted
-automatically: remove the folder to reclaim the space.
+folder), else ``.cache/crack``. Old stores are never deleted automatically: remove the folder to
+reclaim the space.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import lightning as L
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from crack.callbacks import StagedUnfreezing
-from crack.preprocessing import Preprocessing
-
-if TYPE_CHECKING:  # data.py imports this module
-    from crack.data import ImageFileDataset
-    from crack.model import CrackClassifier
+from crack.data import ImageFileDataset, StoredInputs
+from crack.preprocessing import Augmentation, Preprocessing, dihedral
+from crack.splits import Sample
+from crack.store import files_digest, stored_array
 
 log = logging.getLogger(__name__)
 
 # Part of every key: bump it when what a store holds changes meaning.
-STORE_VERSION = 1
+STORE_VERSION = 2
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """What to store: the outputs of ``features[:block]`` (``block > 0``), else decoded images
+    (``images``), else nothing; ``reason`` says why the features are not stored."""
+
+    block: int
+    images: bool
+    reason: str = ""
+
+
+def plan_cache(
+    enabled: bool, augmentation: Augmentation, trainable_blocks: int | None, n_blocks: int
+) -> CachePlan:
+    """The decision. ``trainable_blocks``: the most blocks any milestone unfreezes (0: the
+    backbone stays frozen); None: every block trains (no staged unfreezing)."""
+    if not enabled:
+        return CachePlan(0, False, "data.cache=false")
+    if augmentation.colour_steps():
+        why = (
+            "colour augmentation is on (data.augment), so frozen blocks see new inputs every epoch"
+        )
+    elif trainable_blocks is None:
+        why = "every block trains (no staged unfreezing, e.g. experiment=demo)"
+    elif trainable_blocks >= n_blocks:
+        why = "a milestone unfreezes every block"
+    else:
+        return CachePlan(n_blocks - trainable_blocks, False)
+    return CachePlan(0, True, f"{why}; the decoded images are stored instead")
+
+
+def state_digest(module: nn.Module) -> str:
+    """SHA-256 of a module's state_dict: names, dtypes, shapes and values (not memory layout)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.flatten().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def feature_dtype(pooled: bool) -> torch.dtype:
@@ -59,73 +96,16 @@ def feature_dtype(pooled: bool) -> torch.dtype:
     return torch.float16 if pooled else torch.float32
 
 
-def default_cache_dir() -> Path:
-    """``$CRACK_CACHE_DIR``, else ``.cache/crack``."""
-    return Path(os.environ.get("CRACK_CACHE_DIR") or ".cache/crack")
-
-
-def file_digests(paths: Sequence[Path]) -> list[str]:
-    """SHA-256 of each file's contents."""
-    return [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
-
-
-def state_digest(module: nn.Module) -> str:
-    """SHA-256 of a module's state_dict: names, dtypes, shapes and values (not memory layout)."""
-    digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.flatten().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def images_key(images: ImageFileDataset, image_size: int) -> dict:
-    """What decoded images depend on: the files' contents in order and the resize."""
-    digests = file_digests([images.root / s.path for s in images.samples])
+def _images_key(root: Path, samples: Sequence[Sample], image_size: int) -> dict:
     return {
         "version": STORE_VERSION,
-        "images": len(digests),
-        "files_sha256": hashlib.sha256("\n".join(digests).encode()).hexdigest(),
+        "images": len(samples),
+        "files_sha256": files_digest(root, samples),
         "resize": [image_size, image_size, "bilinear", "antialias"],
     }
 
 
-def stored_array(
-    folder: Path, key: dict, rows: int, batches: Callable[[], Iterator[np.ndarray]]
-) -> tuple[Path, bool]:
-    """The ``.npy`` store for ``key`` in ``folder``, built from ``batches()`` unless it exists.
-
-    Returns its path and whether it was reused. A store is written under a temporary name and
-    renamed once complete, so an interrupted build leaves no store behind and builders running at
-    the same time never read each other's partial files.
-    """
-    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-    path = folder / f"{name}.npy"
-    if path.is_file():
-        return path, True
-    folder.mkdir(parents=True, exist_ok=True)
-    # The key in words, for a person wondering what a store holds.
-    (folder / f"{name}.json").write_text(json.dumps(key, indent=1) + "\n")
-    partial = folder / f".{name}.{os.getpid()}.npy"
-    try:
-        array, filled = None, 0
-        for batch in batches():
-            if array is None:
-                shape = (rows, *batch.shape[1:])
-                array = np.lib.format.open_memmap(partial, "w+", batch.dtype, shape)
-            array[filled : filled + len(batch)] = batch
-            filled += len(batch)
-        if array is None or filled != rows:
-            raise RuntimeError(f"Building {path}: got {filled} rows, expected {rows}")
-        array.flush()
-        del array  # close the map before the rename
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path, False
-
-
-def _loader(images: Dataset, batch_size: int, num_workers: int) -> DataLoader:
+def _loader(images: ImageFileDataset, batch_size: int, num_workers: int) -> DataLoader:
     # A private generator: building a store leaves the global RNG, and so the training order and
     # dropout, exactly as they would be without it.
     return DataLoader(
@@ -146,9 +126,8 @@ def image_store(
         for pixels, _ in _loader(images, batch_size, num_workers):
             yield pixels.numpy()
 
-    path, reused = stored_array(
-        cache_dir / "images", images_key(images, image_size), len(images), batches
-    )
+    key = _images_key(images.root, images.samples, image_size)
+    path, reused = stored_array(cache_dir / "images", key, len(images), batches)
     _log_store("Decoded images", path, reused, start)
     return path
 
@@ -157,27 +136,29 @@ def feature_store(
     cache_dir: Path,
     images: ImageFileDataset,
     preprocessing: Preprocessing,
-    model: CrackClassifier,
+    model: nn.Module,
     block: int,
     batch_size: int,
     num_workers: int,
+    variants: Sequence[int] = (0,),
 ) -> Path:
-    """``model.features_until(image, block)`` for every image of ``images``, computed once.
+    """``model.features_until(dihedral(image, v), block)`` for every image and each ``v``.
 
-    ``images`` must return ``preprocessing.transform()`` of each file. The blocks run in eval
-    mode (as StagedUnfreezing keeps frozen blocks), on the model's device, in float32; the rows
-    are stored as `feature_dtype`.
+    Rows are (len(variants), *output shape). ``images`` must return ``preprocessing.transform()``
+    of each file. The blocks run in eval mode (as StagedUnfreezing keeps frozen blocks), on the
+    model's device, in float32; the rows are stored as `feature_dtype`.
     """
     start = time.perf_counter()
     prefix = model.features[:block]
     pooled = block == len(model.features)
     dtype = feature_dtype(pooled)
     key = {
-        **images_key(images, preprocessing.image_size),
+        **_images_key(images.root, images.samples, preprocessing.image_size),
         "mean": list(preprocessing.mean),
         "std": list(preprocessing.std),
         "block": block,
         "pooled": pooled,
+        "variants": list(variants),
         "weights_sha256": state_digest(prefix),
         "dtype": str(dtype),
         "torch": torch.__version__,
@@ -187,11 +168,13 @@ def feature_store(
         prefix.eval()
         with torch.inference_mode():
             for pixels, _ in _loader(images, batch_size, num_workers):
-                output = model.features_until(pixels.to(model.device), block)
-                yield output.to("cpu", dtype).numpy()
+                pixels = pixels.to(model.device)
+                outputs = [model.features_until(dihedral(pixels, v), block) for v in variants]
+                yield torch.stack(outputs, 1).to("cpu", dtype).numpy()
 
     path, reused = stored_array(cache_dir / "features", key, len(images), batches)
-    _log_store(f"Outputs of features[:{block}]", path, reused, start)
+    shown = f" in {len(variants)} orientations" if len(variants) > 1 else ""
+    _log_store(f"Outputs of features[:{block}]{shown}", path, reused, start)
     return path
 
 
@@ -200,109 +183,85 @@ def _log_store(what: str, path: Path, reused: bool, start: float) -> None:
     action = "reused" if reused else "built"
     log.info(
         "%s of %d images %s in %.1f s: %s (%s per image, %.0f MB)",
-        what, shape[0], action, time.perf_counter() - start, path,
+        what, shape[0], action, time.perf_counter() - start, path.parent,
         "x".join(map(str, shape[1:])), path.stat().st_size / 2**20,
     )  # fmt: skip
-
-
-class StoredDataset(Dataset):
-    """Rows ``rows`` of a stored array (default: all), each with its label, through ``transform``.
-
-    The array is memory-mapped on first use in each process, so DataLoader workers map the file
-    themselves instead of receiving a copy of it.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        labels: Sequence[int],
-        transform: Callable[[torch.Tensor], torch.Tensor],
-        rows: Sequence[int] | None = None,
-    ) -> None:
-        self.path = Path(path)
-        self.labels = list(labels)
-        self.transform = transform
-        self.rows = list(range(len(self.labels)) if rows is None else rows)
-        if len(self.rows) != len(self.labels):
-            raise ValueError(f"{len(self.rows)} rows but {len(self.labels)} labels")
-        self._array: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        if self._array is None:
-            self._array = np.load(self.path, mmap_mode="r")
-        row = torch.from_numpy(
-            np.array(self._array[self.rows[index]])
-        )  # a copy: the map is read-only
-        return self.transform(row), self.labels[index]
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_array": None}
-
-
-def to_float32(x: torch.Tensor) -> torch.Tensor:
-    """The transform of stored features: float16 rows to the model's float32."""
-    return x.float()
 
 
 class FeatureCache(L.Callback):
     """Train on stored outputs of the backbone's frozen first blocks instead of on images.
 
-    The blocks that no StagedUnfreezing milestone ever unfreezes, ``features[:k]``, are computed
-    once per image (see `feature_store`); the datamodule then serves their outputs and the model
-    starts at block ``k``. With no milestones that is the whole backbone, stored average-pooled
-    (1280 values per image); for ``experiment=finetune`` (last 2 blocks) the activation entering
-    ``features[17]``. Validation and test take the same path; the checkpoint stays a whole model.
+    The blocks that no staged-unfreezing milestone ever unfreezes, ``features[:k]``, are
+    computed once per image (and orientation); the datamodule then serves their outputs and the
+    model starts at block ``k``. With no milestones that is the whole backbone, stored
+    average-pooled; for ``experiment=finetune`` (last 2 blocks of MobileNetV2) the activation
+    entering ``features[17]``. Validation and test take the same path; the checkpoint stays a
+    whole model. When no block stays frozen or colour augmentation is on, the decoded images are
+    stored instead; with ``enabled=False`` nothing is. The log says which, and why.
 
-    It stays off, saying why in one log line, when ``data.cache=false``, when augmentation is on
-    (a frozen block then sees a different image every epoch), or when no block stays frozen (no
-    StagedUnfreezing, e.g. ``experiment=demo``; or a milestone unfreezes every block).
+    Args:
+        milestones: the StagedUnfreezing milestones (``conf/callbacks/default.yaml`` passes the
+            same list); None when there is no staged unfreezing and every block trains.
+        enabled: ``data.cache``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, milestones: Sequence[dict] | None = (), enabled: bool = True) -> None:
+        self.trainable_blocks = (
+            None if milestones is None else max((m["blocks"] for m in milestones), default=0)
+        )
+        self.enabled = enabled
         self._said = ""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
-        block, why_not = self.frozen_blocks(trainer, pl_module)
-        if block:
-            datamodule.serve_features(pl_module, block)
-            pl_module.input_block = block
-            what = "pooled outputs" if block == len(pl_module.features) else "outputs"
-            self._say(f"Feature cache on: training on the stored {what} of features[:{block}]")
+        preprocessing = datamodule.preprocessing
+        n_blocks = len(pl_module.features)
+        plan = plan_cache(self.enabled, preprocessing.augmentation, self.trainable_blocks, n_blocks)
+        stored = None
+        if plan.block or plan.images:
+            # The stores are built on the device the model will train on.
+            pl_module.to(trainer.strategy.root_device)
+            stored = self._on_rank_zero_first(
+                trainer, lambda: self._build(datamodule, pl_module, plan)
+            )
+        datamodule.serve(stored)
+        pl_module.input_block = plan.block
+        if plan.block:
+            what = "pooled outputs" if plan.block == n_blocks else "outputs"
+            self._say(f"Feature cache on: training on the stored {what} of features[:{plan.block}]")
         else:
-            pl_module.input_block = 0
-            if datamodule is not None and hasattr(datamodule, "serve_features"):
-                datamodule.serve_features(None, 0)
-            self._say(f"Feature cache off: {why_not}")
+            self._say(f"Feature cache off: {plan.reason}")
+
+    @staticmethod
+    def _build(datamodule, model: nn.Module, plan: CachePlan) -> StoredInputs:
+        settings, preprocessing = datamodule.settings, datamodule.preprocessing
+        cache_dir, batch, workers = datamodule.cache_dir, settings.batch_size, settings.num_workers
+        # One store for all splits, built in one pass: one set of worker processes.
+        if plan.block:
+            images = datamodule.files_dataset(preprocessing.transform())
+            variants = preprocessing.augmentation.variants()
+            path = feature_store(
+                cache_dir, images, preprocessing, model, plan.block, batch, workers, variants
+            )
+            return StoredInputs(path, features=True, variants=tuple(variants))
+        images = datamodule.files_dataset(preprocessing.resize())
+        return StoredInputs(
+            image_store(cache_dir, images, preprocessing.image_size, batch, workers)
+        )
+
+    @staticmethod
+    def _on_rank_zero_first(trainer: L.Trainer, build):
+        """Under DDP, rank 0 builds the store while the others wait, then they reuse it."""
+        if trainer.world_size == 1:
+            return build()
+        if not trainer.is_global_zero:
+            trainer.strategy.barrier("cache")
+        stored = build()
+        if trainer.is_global_zero:
+            trainer.strategy.barrier("cache")
+        return stored
 
     def _say(self, message: str) -> None:
         if message != self._said:  # once, not again at the test stage
             log.info(message)
             self._said = message
-
-    @staticmethod
-    def frozen_blocks(trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[int, str]:
-        """How many first blocks to serve stored outputs of, or 0 and the reason why none."""
-        datamodule = trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "serve_features"):
-            return 0, "no CrackDataModule to serve the stored outputs"
-        if not datamodule.hparams.cache:
-            return 0, "data.cache=false"
-        if datamodule.preprocessing.augmentation.enabled:
-            return 0, (
-                "augmentation is on (data.augment), so frozen blocks see new inputs every epoch; "
-                "the decoded images are cached instead"
-            )
-        unfreezing = [c for c in trainer.callbacks if isinstance(c, StagedUnfreezing)]
-        if not unfreezing:
-            return 0, (
-                "every block trains (no StagedUnfreezing callback, e.g. experiment=demo); "
-                "the decoded images are cached instead"
-            )
-        block = unfreezing[0].frozen_throughout(len(pl_module.features))
-        if block == 0:
-            return 0, "a milestone unfreezes every block; the decoded images are cached instead"
-        return block, ""

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 
+from crack.errors import UserError
 from crack.report import save_figure, training_curves_figure
 
 log = logging.getLogger(__name__)
@@ -26,11 +27,16 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 @dataclass(frozen=True)
 class Milestone:
-    """At ``epoch``, unfreeze the last ``blocks`` modules of the backbone, at head LR x ``lr_factor``."""
+    """At ``epoch``, unfreeze the last ``blocks`` modules of the backbone, at head LR x
+    ``lr_factor``; the head's own LR is multiplied by ``head_lr_factor`` then."""
 
     epoch: int
     blocks: int
     lr_factor: float = 0.1
+    head_lr_factor: float = 1.0
+
+
+BATCHNORM_MODES = ("eval", "train")
 
 
 def is_frozen(module: nn.Module) -> bool:
@@ -62,19 +68,30 @@ class StagedUnfreezing(BaseFinetuning):
     computes at evaluation. (Lightning's ``freeze`` alone would leave BatchNorm in train mode,
     normalising with batch statistics.)
 
+    Unfrozen blocks train their weights; their BatchNorm layers, with ``batchnorm="eval"``,
+    keep normalising with the running statistics learnt on ImageNet (their scale and shift
+    train), as the original Keras recipe does; with ``"train"`` they switch to each batch's
+    statistics and update the running ones, Lightning's default.
+
     Args:
-        milestones: ``{epoch, blocks, lr_factor}`` entries; empty keeps the backbone frozen.
+        milestones: ``{epoch, blocks, lr_factor, head_lr_factor}`` entries; empty keeps the
+            backbone frozen.
+        batchnorm: ``eval`` or ``train``, the mode of the unfrozen blocks' BatchNorm layers.
         backbone: name of the LightningModule attribute holding the ``nn.Sequential`` backbone.
     """
 
-    def __init__(self, milestones: Sequence[dict] = (), backbone: str = "features") -> None:
+    def __init__(
+        self, milestones: Sequence[dict] = (), batchnorm: str = "eval", backbone: str = "features"
+    ) -> None:
         super().__init__()
+        if batchnorm not in BATCHNORM_MODES:
+            raise UserError(
+                f"callbacks.staged_unfreezing.batchnorm={batchnorm!r} is not one of "
+                f"{list(BATCHNORM_MODES)}."
+            )
         self.milestones = sorted((Milestone(**m) for m in milestones), key=lambda m: m.epoch)
+        self.batchnorm = batchnorm
         self.backbone = backbone
-
-    def frozen_throughout(self, n_blocks: int) -> int:
-        """How many leading blocks of an ``n_blocks`` backbone no milestone ever unfreezes."""
-        return n_blocks - max((m.blocks for m in self.milestones), default=0)
 
     def _blocks(self, pl_module: L.LightningModule) -> nn.Sequential:
         return getattr(pl_module, self.backbone)
@@ -85,13 +102,21 @@ class StagedUnfreezing(BaseFinetuning):
             if not 0 < m.blocks <= len(blocks):
                 raise ValueError(f"Milestone {m}: blocks must be in 1..{len(blocks)}")
         self.freeze(blocks, train_bn=False)
-        self._keep_frozen_in_eval(blocks)
+        self._set_modes(blocks)
 
-    @staticmethod
-    def _keep_frozen_in_eval(blocks: nn.Sequential) -> None:
+    def _set_modes(self, blocks: nn.Sequential) -> None:
+        """Frozen blocks in eval mode; unfrozen ones in train mode, but for their BatchNorm
+        layers with ``batchnorm="eval"``. (Lightning puts the whole model in train mode at
+        every epoch start.)"""
         for block in blocks:
             if is_frozen(block):
                 block.eval()
+                continue
+            block.train()
+            if self.batchnorm == "eval":
+                for module in block.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # On resume, BaseFinetuning puts back the optimizer's param groups as they were when the
@@ -104,7 +129,7 @@ class StagedUnfreezing(BaseFinetuning):
         ]
         for block in unfrozen:
             self.make_trainable(block)
-            block.train()
+        self._set_modes(self._blocks(pl_module))
         if unfrozen:
             rewrap_ddp(trainer)
 
@@ -115,18 +140,22 @@ class StagedUnfreezing(BaseFinetuning):
         for m in self.milestones:
             if m.epoch != epoch:
                 continue
-            lr = optimizer.param_groups[0]["lr"] * m.lr_factor
+            head_lr = optimizer.param_groups[0]["lr"]
+            lr = head_lr * m.lr_factor
             self.unfreeze_and_add_param_group(blocks[-m.blocks :], optimizer, lr=lr, train_bn=True)
-            blocks[-m.blocks :].train()
+            optimizer.param_groups[0]["lr"] = head_lr * m.head_lr_factor
+            self._set_modes(blocks)
             log.info(  # epochs counted from 1, as in the progress bar and curves.png
-                "Epoch %d: unfroze the last %d backbone blocks at lr %.2e", epoch + 1, m.blocks, lr
-            )
+                "Epoch %d: unfroze the last %d backbone blocks at lr %.2e (head lr %.2e, "
+                "BatchNorm in %s mode)",
+                epoch + 1, m.blocks, lr, head_lr * m.head_lr_factor, self.batchnorm,
+            )  # fmt: skip
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)  # calls finetune_function
         if any(m.epoch == trainer.current_epoch for m in self.milestones):
             rewrap_ddp(trainer)
-        self._keep_frozen_in_eval(self._blocks(pl_module))
+        self._set_modes(self._blocks(pl_module))
         pl_module.log("trainable_params", float(trainable_parameter_count(pl_module)))
 
 

@@ -24,6 +24,7 @@ class TrainedModel:
     classes: list[str]  # by label: [intact, crack]
     root: Path  # the training data root
     samples: list[Sample]  # the split training used
+    data_state: dict  # CrackDataModule.state_dict() of training (CrackDataModule.for_evaluation)
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -61,7 +62,7 @@ def _load_state_dict(model: CrackClassifier, state_dict: dict, path: str | Path)
         model.load_state_dict(state_dict)
     except RuntimeError as error:
         raise ValueError(
-            f"ckpt={str(path)!r} holds the weights of another model, not of this MobileNetV2 "
+            f"ckpt={str(path)!r} holds the weights of another model, not of this "
             f"crack classifier. {' '.join(str(error).split())[:400]}"
         ) from error
 
@@ -78,18 +79,22 @@ def load_trained_model(path: str | Path) -> TrainedModel:
             f"ckpt={str(path)!r} is the checkpoint of another model: its hyperparameters "
             f"{sorted(checkpoint['hyper_parameters'])} do not fit CrackClassifier ({error})."
         ) from error
+    model.on_load_checkpoint(checkpoint)
     _load_state_dict(model, checkpoint["state_dict"], path)
     model.eval()
     data = checkpoint[DATA_STATE_KEY]
     return TrainedModel(
         model=model,
-        preprocessing=Preprocessing(**data["preprocessing"]),
+        preprocessing=Preprocessing.for_inference(data["preprocessing"]),
         classes=list(data["classes"]),
         root=Path(data["root"]),
         samples=[Sample.from_row(row) for row in data["manifest"]],
+        data_state=data,
     )
 
 
 def load_weights_from(model: CrackClassifier, path: str | Path) -> None:
     """Start ``model`` from the weights of a trained checkpoint (``init_from``)."""
-    _load_state_dict(model, read_checkpoint(path)["state_dict"], path)
+    checkpoint = read_checkpoint(path)
+    model.on_load_checkpoint(checkpoint)
+    _load_state_dict(model, checkpoint["state_dict"], path)

@@ -49,7 +49,9 @@ def grad_cam(
     cams = F.relu((weights * activation.detach()).sum(dim=1))
     peak = cams.amax(dim=(1, 2), keepdim=True)
     cams = torch.where(peak > 0, cams / peak.clamp_min(1e-12), torch.zeros_like(cams))
-    return torch.sigmoid(logits.detach()), cams
+    # Calibrated as ProbabilityModel.forward; the temperature leaves the normalised maps alone.
+    temperature = getattr(model, "temperature", 1.0)
+    return torch.sigmoid(logits.detach() / temperature), cams
 
 
 def grad_cam_map(

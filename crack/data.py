@@ -6,45 +6,38 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from crack.cache import (
-    StoredDataset,
-    default_cache_dir,
-    feature_store,
-    image_store,
-    to_float32,
-)
 from crack.classes import find_classes
-from crack.files import BAD_FILE_POLICIES
+from crack.errors import UserError
 from crack.index import index_images
-from crack.preprocessing import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    MAX_IMAGE_PIXELS,
-    Augmentation,
-    Preprocessing,
-    load_rgb,
-)
+from crack.preprocessing import MAX_IMAGE_PIXELS, Preprocessing, dihedral, load_rgb
 from crack.sampling import EpochShuffle, evaluation_sampler
-from crack.splits import CONFLICT_POLICIES, SPLITS, Sample, write_manifest
+from crack.settings import DataSettings
+from crack.splits import SPLITS, Sample, write_manifest
+from crack.store import StoredDataset, default_cache_dir
 from crack.synthetic import ensure_dataset
 
 log = logging.getLogger(__name__)
 
 
 class ImageFileDataset(Dataset):
-    """Images listed by path relative to ``root``, returned as (tensor, label)."""
+    """Images listed by path relative to ``root``, returned as (tensor, label).
+
+    An index may be ``(i, variant)``: the image is then turned into that `dihedral` variant
+    after ``transform`` (see `crack.sampling.EpochShuffle`).
+    """
 
     def __init__(
         self,
         root: str | Path,
         samples: Sequence[Sample],
-        transform,
+        transform: Callable,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
     ) -> None:
         self.root = Path(root)
@@ -55,92 +48,76 @@ class ImageFileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, variant = key if isinstance(key, tuple) else (key, 0)
         sample = self.samples[index]
-        image = load_rgb(self.root / sample.path, self.max_image_pixels)
-        return self.transform(image), sample.label
+        image = self.transform(load_rgb(self.root / sample.path, self.max_image_pixels))
+        return dihedral(image, variant) if variant else image, sample.label
+
+
+@dataclass(frozen=True)
+class StoredInputs:
+    """A store the datamodule serves instead of files (made by `crack.cache.FeatureCache`): the
+    frozen blocks' outputs (``features``, one row per image and orientation) or decoded images."""
+
+    path: Path
+    features: bool = False
+    variants: tuple[int, ...] = (0,)  # the orientations stored per image (features only)
+
+
+def to_float32(x: torch.Tensor) -> torch.Tensor:
+    """The transform of stored features: float16 rows to the model's float32."""
+    return x.float()
 
 
 class CrackDataModule(L.LightningDataModule):
     """An ImageFolder-style tree of crack / no-crack photos, split into train/val/test.
 
-    The class mapping, preprocessing and split are part of the checkpoint (``state_dict``), so
-    evaluation and prediction use exactly what training used.
-
-    With ``cache`` on, the loaders serve stored tensors instead of decoding files every epoch
-    (see crack.cache): the outputs of the model's frozen first blocks once `serve_features` has
-    been called (by crack.cache.FeatureCache), or else the decoded, resized images.
-    ``cache_dir=None`` is ``$CRACK_CACHE_DIR``, else ``.cache/crack``. ``pin_memory=None`` pins
-    batches when CUDA is available.
+    Takes the ``data.*`` options by keyword (see `crack.settings.DataSettings`). The class
+    mapping, preprocessing and split are part of the checkpoint (``state_dict``), so evaluation
+    and prediction use exactly what training used. It serves image files, or a store of
+    precomputed inputs once `serve` is given one (by `crack.cache.FeatureCache`).
     """
 
-    def __init__(
-        self,
-        root: str | None,
-        positive_class: str | None = None,
-        classes: Sequence[str] | None = None,
-        split: Sequence[float] = (0.8, 0.1, 0.1),
-        split_seed: int = 0,
-        group_pattern: str | None = None,
-        on_conflict: str = "error",
-        on_bad_file: str = "skip",
-        max_image_pixels: int = MAX_IMAGE_PIXELS,
-        image_size: int = 224,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        augment: dict | None = None,
-        batch_size: int = 64,
-        num_workers: int = 2,
-        pin_memory: bool | None = None,
-        persistent_workers: bool = True,
-        synthetic: dict | None = None,
-        cache: bool = True,
-        cache_dir: str | None = None,
-        shuffle_seed: int = 0,
-    ) -> None:
+    def __init__(self, root: str | None = None, **settings) -> None:
         super().__init__()
-        if root is None:
-            raise ValueError(
-                "data.root is not set: give the folder of your images, e.g. "
-                "data.root=/data/concrete, or run experiment=demo for built-in synthetic data."
-            )
-        for option, value, allowed in (
-            ("on_conflict", on_conflict, CONFLICT_POLICIES),
-            ("on_bad_file", on_bad_file, BAD_FILE_POLICIES),
-        ):
-            if value not in allowed:
-                raise ValueError(f"data.{option}={value!r} is not one of {list(allowed)}.")
+        self.settings = DataSettings(root=root, **settings)
         self.save_hyperparameters()
-        self.root = Path(root).expanduser().resolve()
-        self.preprocessing = Preprocessing(
-            image_size, tuple(mean), tuple(std), Augmentation(**(augment or {}))
-        )
+        self.root = self.settings.root_path
+        self.preprocessing = self.settings.preprocessing()
         self.classes: list[str] | None = None
         self.samples: list[Sample] | None = None
         self.summary: dict | None = None  # what index_images found, merged and dropped
-        self.cache_dir = Path(cache_dir or default_cache_dir()).expanduser().resolve()
-        self._features_of: tuple[L.LightningModule, int] | None = None
+        self.cache_dir = Path(self.settings.cache_dir or default_cache_dir()).expanduser().resolve()
+        self.stored: StoredInputs | None = None
+
+    @classmethod
+    def for_evaluation(
+        cls, data_state: dict, root: str | None = None, **settings
+    ) -> CrackDataModule:
+        """Serve, as the test split, a trained model's own test split (``root=None``; from the
+        checkpoint's ``data_state``) or every image under another folder ``root``, with the
+        model's preprocessing."""
+        if root is None:
+            datamodule = cls(root=data_state["root"], **settings)
+            datamodule.load_state_dict(data_state)
+        else:
+            datamodule = cls(root=root, split=None, **settings)
+            datamodule.setup()
+        datamodule.preprocessing = Preprocessing.for_inference(data_state["preprocessing"])
+        return datamodule
 
     def prepare_data(self) -> None:
-        if self.hparams.synthetic:
-            ensure_dataset(self.root, **self.hparams.synthetic)
+        if self.settings.synthetic:
+            ensure_dataset(self.root, **self.settings.synthetic)
 
     def setup(self, stage: str | None = None) -> None:
         """Find the images, pick the crack class and split; a no-op once done (or restored)."""
         if self.samples is not None:
             return
-        hp = self.hparams
-        self.classes = find_classes(self.root, hp.positive_class, hp.classes)
-        self.samples, self.summary = index_images(
-            self.root,
-            self.classes,
-            hp.split,
-            hp.split_seed,
-            hp.group_pattern,
-            hp.on_conflict,
-            hp.on_bad_file,
-            hp.max_image_pixels,
-        )
+        settings = self.settings
+        self.classes = find_classes(self.root, settings.positive_class, settings.classes)
+        self.samples, self.summary = index_images(self.root, self.classes, settings)
         counts = Counter((s.split, s.label) for s in self.samples)
         log.info(
             "Data %s: crack class %r (label 1), intact class %r (label 0); %s",
@@ -175,79 +152,52 @@ class CrackDataModule(L.LightningDataModule):
         self.samples = [Sample.from_row(row) for row in state_dict["manifest"]]
         self.summary = state_dict.get("summary")
 
-    def serve_features(self, model: L.LightningModule | None, block: int) -> None:
-        """Serve ``model.features_until(image, block)``, computed once and stored, instead of
-        images (``model=None``: images again). The caller keeps ``features[:block]`` frozen."""
-        self._features_of = (model, block) if model is not None else None
+    def serve(self, stored: StoredInputs | None) -> None:
+        """Serve the rows of ``stored`` (one per sample, in order) instead of files; None: files."""
+        self.stored = stored
+
+    def files_dataset(self, transform: Callable, samples: Sequence[Sample] | None = None):
+        """The image files of ``samples`` (default: all, in order) through ``transform``."""
+        samples = self.samples if samples is None else samples
+        return ImageFileDataset(self.root, samples, transform, self.settings.max_image_pixels)
 
     def _dataset(self, split: str, train: bool) -> Dataset:
         samples = self.split_samples(split)
         if not samples:
-            raise ValueError(f"The {split} split is empty: add images or change data.split.")
+            raise UserError(f"The {split} split is empty: add images or change data.split.")
         labels = [s.label for s in samples]
         transform = self.preprocessing.transform(train=train)
-        if self._features_of is None and not self.hparams.cache:
-            return ImageFileDataset(self.root, samples, transform, self.hparams.max_image_pixels)
-        # One store for all splits, built in one pass by whichever loader comes first (the
-        # validation sanity check): one set of worker processes, no per-split start-up.
+        if self.stored is None:
+            return self.files_dataset(transform, samples)
         rows = [i for i, s in enumerate(self.samples) if s.split == split]
-        workers, batch_size = self.hparams.num_workers, self.hparams.batch_size
-        if self._features_of is not None:
-            model, block = self._features_of
-            images = ImageFileDataset(
-                self.root,
-                self.samples,
-                self.preprocessing.transform(),
-                self.hparams.max_image_pixels,
-            )
-            path = self._store(
-                lambda: feature_store(
-                    self.cache_dir, images, self.preprocessing, model, block, batch_size, workers
-                )
-            )
-            return StoredDataset(path, labels, to_float32, rows)
-        images = ImageFileDataset(
-            self.root, self.samples, self.preprocessing.resize(), self.hparams.max_image_pixels
-        )
-        path = self._store(
-            lambda: image_store(
-                self.cache_dir, images, self.preprocessing.image_size, batch_size, workers
-            )
-        )
+        if self.stored.features:
+            path, variants = self.stored.path, self.stored.variants
+            return StoredDataset(path, labels, to_float32, rows, variants)
         # The stored images are already resized: the transform's resize leaves them as they are.
-        return StoredDataset(path, labels, transform, rows)
-
-    def _store(self, build: Callable[[], Path]) -> Path:
-        """Build (or reuse) a cache store; under DDP rank 0 builds it while the others wait."""
-        trainer = self.trainer
-        if trainer is None or trainer.world_size == 1:
-            return build()
-        if not trainer.is_global_zero:
-            trainer.strategy.barrier("cache")  # wait for rank 0's store, then reuse it
-        path = build()
-        if trainer.is_global_zero:
-            trainer.strategy.barrier("cache")
-        return path
+        return StoredDataset(self.stored.path, labels, transform, rows)
 
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         dataset = self._dataset(split, train)
+        settings = self.settings
         # Stored features are read faster from the memory map than passed between processes.
-        workers = 0 if self._features_of is not None else self.hparams.num_workers
-        pin_memory = self.hparams.pin_memory
+        features = self.stored is not None and self.stored.features
+        workers = 0 if features else settings.num_workers
         if train:
-            sampler = EpochShuffle(len(dataset), self.hparams.shuffle_seed, self._epoch)
+            variants = self.preprocessing.augmentation.variants()
+            sampler = EpochShuffle(len(dataset), settings.shuffle_seed, self._epoch, variants)
         else:
             sampler = evaluation_sampler(dataset, self.trainer)
         processes = self.trainer.world_size if self.trainer else 1
+        pin_memory = settings.pin_memory
         return DataLoader(
             dataset,
-            batch_size=self.hparams.batch_size,
+            batch_size=settings.batch_size,
             sampler=sampler,
             # A last batch of one image breaks BatchNorm in training mode (DDP: per process).
-            drop_last=train and len(dataset) / processes > self.hparams.batch_size,
+            drop_last=train and len(dataset) / processes > settings.batch_size,
             num_workers=workers,
             pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-            persistent_workers=self.hparams.persistent_workers and workers > 0,
+            persistent_workers=settings.persistent_workers and workers > 0,
         )
 
     def _epoch(self) -> int:
@@ -260,4 +210,8 @@ class CrackDataModule(L.LightningDataModule):
         return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test split, in order (eval.py)."""
         return self._loader("test")

@@ -8,5 +8,9 @@ exception is a programming error and keeps its traceback.
 from __future__ import annotations
 
 
-class UserError(Exception):
-    """Something the user can fix: the message says what and how."""
+class UserError(ValueError):
+    """Something the user can fix: the message says what and how.
+
+    A ValueError, so that code and tests written against the ValueErrors raised before keep
+    working.
+    """

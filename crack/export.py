@@ -1,7 +1,9 @@
 """Export a trained classifier to ONNX or TorchScript, with its preprocessing, and check parity.
 
 The exported model takes a batch of preprocessed images ``(N, 3, S, S)`` (resized to ``S`` and
-normalised with ``mean``/``std``, as in training) and returns crack probabilities ``(N,)``.
+normalised with ``mean``/``std``, as in training) and returns calibrated crack probabilities
+``(N,)`` and unfamiliar-photo scores ``(N,)`` (see `crack.familiarity`); the decision threshold
+and the score above which a photo is unfamiliar are in its metadata.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from crack.familiarity import Familiarity, block_statistics
 from crack.preprocessing import Preprocessing, load_rgb
 from crack.splits import Sample
 from crack.synthetic import make_image
@@ -23,27 +26,54 @@ from crack.synthetic import make_image
 FORMATS = ("onnx", "torchscript")
 INPUT_NAME = "image"
 OUTPUT_NAME = "crack_probability"
+FAMILIARITY_NAME = "familiarity"
 METADATA_FILE = "crack_metadata.json"  # inside a TorchScript archive (``_extra_files``)
 
 
 class ProbabilityModel(nn.Module):
-    """The network alone, returning crack probabilities: what an exported file holds.
+    """The network alone, returning crack probabilities and familiarity: what an export holds.
 
-    Built from the classifier's ``features`` and ``head`` only, so that no training code
-    (loss, metrics, Lightning) goes into the export.
+    Built from the classifier's ``features``, ``head``, temperature and familiarity statistics
+    only, so that no training code (loss, metrics, Lightning) goes into the export.
     """
 
-    def __init__(self, features: nn.Module, head: nn.Module) -> None:
+    def __init__(
+        self,
+        features: nn.Module,
+        head: nn.Module,
+        temperature: torch.Tensor,
+        familiarity: Familiarity,
+        statistics_blocks: tuple[int, ...],
+    ) -> None:
         super().__init__()
         self.features = features
         self.head = head
+        self.register_buffer("temperature", temperature.detach().clone())
+        self.familiarity = familiarity
+        self.statistics_blocks = tuple(statistics_blocks)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.head(self.features(images)).squeeze(1))
+    @classmethod
+    def of(cls, classifier: nn.Module) -> ProbabilityModel:
+        """The parts of a `crack.model.CrackClassifier`, in eval mode."""
+        return cls(
+            classifier.features,
+            classifier.head,
+            classifier.temperature,
+            classifier.familiarity,
+            classifier.statistics_blocks,
+        ).eval()
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, described = block_statistics(self.features, images, self.statistics_blocks)
+        logits = self.head(x).squeeze(1)
+        return torch.sigmoid(logits / self.temperature), self.familiarity(described)
 
 
 def model_metadata(
-    preprocessing: Preprocessing, classes: Sequence[str], threshold: float
+    preprocessing: Preprocessing,
+    classes: Sequence[str],
+    threshold: float,
+    familiarity_threshold: float = float("inf"),
 ) -> dict[str, str]:
     """What a user of the exported file needs besides the network, as string key/values."""
     return {
@@ -51,15 +81,21 @@ def model_metadata(
         "mean": json.dumps(list(preprocessing.mean)),
         "std": json.dumps(list(preprocessing.std)),
         "threshold": str(threshold),
+        "familiarity_threshold": str(familiarity_threshold),
         "classes": json.dumps(list(classes)),  # by label: [intact, crack]
         "input": f"{INPUT_NAME}: float32 (N, 3, image_size, image_size), RGB in [0, 1], "
         "normalised with mean and std",
-        "output": f"{OUTPUT_NAME}: float32 (N,), crack probability",
+        "output": f"{OUTPUT_NAME}: float32 (N,), calibrated crack probability (a crack at and "
+        f"above threshold); {FAMILIARITY_NAME}: float32 (N,), how unlike the training photos "
+        "(unfamiliar above familiarity_threshold: do not trust the probability)",
     }
 
 
-def parse_metadata(metadata: dict[str, str], source: str) -> tuple[Preprocessing, list[str], float]:
-    """Preprocessing, class names and threshold from ``model_metadata`` strings."""
+def parse_metadata(
+    metadata: dict[str, str], source: str
+) -> tuple[Preprocessing, list[str], float, float]:
+    """Preprocessing, class names, threshold and familiarity threshold from ``model_metadata``
+    strings (files exported before familiarity existed flag nothing)."""
     missing = {"image_size", "mean", "std", "threshold", "classes"} - set(metadata)
     if missing:
         raise ValueError(
@@ -71,7 +107,9 @@ def parse_metadata(metadata: dict[str, str], source: str) -> tuple[Preprocessing
         mean=json.loads(metadata["mean"]),
         std=json.loads(metadata["std"]),
     )
-    return preprocessing, list(json.loads(metadata["classes"])), float(metadata["threshold"])
+    familiarity = float(metadata.get("familiarity_threshold", "inf"))
+    classes = list(json.loads(metadata["classes"]))
+    return preprocessing, classes, float(metadata["threshold"]), familiarity
 
 
 def export_onnx(
@@ -98,13 +136,18 @@ def export_onnx(
             (example,),
             str(path),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            output_names=[OUTPUT_NAME, FAMILIARITY_NAME],
+            dynamic_axes={
+                INPUT_NAME: {0: "batch"},
+                OUTPUT_NAME: {0: "batch"},
+                FAMILIARITY_NAME: {0: "batch"},
+            },
             opset_version=opset,
             dynamo=False,
         )
     exported = onnx.load(str(path))
-    onnx.helper.set_model_props(exported, model_metadata(preprocessing, classes, threshold))
+    metadata = model_metadata(preprocessing, classes, threshold, float(model.familiarity.threshold))
+    onnx.helper.set_model_props(exported, metadata)
     onnx.checker.check_model(exported)
     onnx.save(exported, str(path))
     return path
@@ -121,7 +164,8 @@ def export_torchscript(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     size = preprocessing.image_size
-    metadata = json.dumps(model_metadata(preprocessing, classes, threshold))
+    familiarity = float(model.familiarity.threshold)
+    metadata = json.dumps(model_metadata(preprocessing, classes, threshold, familiarity))
     with _torchscript():
         traced = torch.jit.trace(model.eval(), torch.zeros(2, 3, size, size))
         torch.jit.save(traced, str(path), _extra_files={METADATA_FILE: metadata})
@@ -153,7 +197,7 @@ def exported_probabilities(path: str | Path, images: torch.Tensor, format: str) 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
     with _torchscript(), torch.inference_mode():
-        return torch.jit.load(str(path), map_location="cpu")(images).numpy()
+        return torch.jit.load(str(path), map_location="cpu")(images)[0].numpy()
 
 
 def max_abs_difference(
@@ -161,7 +205,7 @@ def max_abs_difference(
 ) -> float:
     """Largest absolute difference of crack probabilities between ``model`` and its export."""
     with torch.inference_mode():
-        expected = model.eval()(images).numpy()
+        expected = model.eval()(images)[0].numpy()
     return float(np.abs(exported_probabilities(path, images, format) - expected).max())
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from crack.classes import has_split_folders
+from crack.errors import UserError
 from crack.files import (
     IMAGE_EXTENSIONS,
     check_images,
@@ -14,7 +15,7 @@ from crack.files import (
     handle_bad_files,
     list_files,
 )
-from crack.preprocessing import MAX_IMAGE_PIXELS
+from crack.settings import DataSettings
 from crack.splits import (
     SPLITS,
     Sample,
@@ -43,7 +44,7 @@ def _image_files(root: Path, classes: Sequence[str]) -> tuple[list[tuple[Path, i
             images, others = list_files(folder)
             skipped += others
             if not images:
-                raise ValueError(
+                raise UserError(
                     f"Class folder {folder} holds no images "
                     f"({', '.join(sorted(IMAGE_EXTENSIONS))})"
                     + (f", only {describe_kinds(others)}" if others else "")
@@ -57,26 +58,22 @@ def _image_files(root: Path, classes: Sequence[str]) -> tuple[list[tuple[Path, i
 
 
 def index_images(
-    root: Path,
-    classes: Sequence[str],
-    split: Sequence[float] = (0.8, 0.1, 0.1),
-    split_seed: int = 0,
-    group_pattern: str | None = None,
-    on_conflict: str = "error",
-    on_bad_file: str = "skip",
-    max_image_pixels: int = MAX_IMAGE_PIXELS,
+    root: Path, classes: Sequence[str], settings: DataSettings | None = None
 ) -> tuple[list[Sample], dict]:
     """Every readable image under ``root`` with its label, content hash and split, and a summary.
 
     Ready-made split folders win. Otherwise byte-identical files, and files of one group
-    (``group_pattern``), are kept within one split. Unreadable files are skipped or stop the run
-    (``on_bad_file``); files stored under both classes stop it or are dropped (``on_conflict``).
-    The summary (plain types) counts what was found, merged, dropped and where it went.
+    (``settings.group_pattern``), are kept within one split; ``settings.split=None`` puts every
+    image in the test split. Unreadable files are skipped or stop the run (``on_bad_file``);
+    files stored under both classes stop it or are dropped (``on_conflict``). The summary (plain
+    types) counts what was found, merged, dropped and where it went.
     """
+    settings = settings or DataSettings(root=str(root))
+    split, split_seed, group_pattern = settings.split, settings.split_seed, settings.group_pattern
     found, skipped = _image_files(root, classes)
-    checked = check_images([path for path, _, _ in found], max_image_pixels)
+    checked = check_images([path for path, _, _ in found], settings.max_image_pixels)
     bad = {path.relative_to(root).as_posix(): reason for path, reason in checked.bad.items()}
-    handle_bad_files(bad, on_bad_file)
+    handle_bad_files(bad, settings.on_bad_file)
     rows = [
         (path.relative_to(root).as_posix(), label, given, checked.sha256[path])
         for path, label, given in found
@@ -85,11 +82,11 @@ def index_images(
     conflicts = identical_but_different(
         [r[0] for r in rows], [r[3] for r in rows], [r[1] for r in rows]
     )
-    dropped = handle_conflicts(conflicts, on_conflict)
+    dropped = handle_conflicts(conflicts, settings.on_conflict)
     rows = [r for r in rows if r[0] not in dropped]
     for label, name in enumerate(classes):
         if not any(r[1] == label for r in rows):
-            raise ValueError(
+            raise UserError(
                 f"None of the images of class folder {name!r} under {root} is usable "
                 "(see the unreadable or conflicting files above)."
             )
@@ -97,7 +94,10 @@ def index_images(
     paths, labels, given_splits, hashes = (list(column) for column in zip(*rows, strict=True))
     groups = [""] * len(rows)
     given = has_split_folders(root)
-    if given:
+    if split is None:  # evaluation of the whole folder
+        samples = [Sample(p, label, "test", sha) for p, label, _, sha in rows]
+        leaks, group_pattern = [], None
+    elif given:
         samples = [Sample(*r) for r in rows]
         leaks = leaks_between_given_splits(paths, hashes, given_splits)
         group_pattern = None  # the given split is used as it is
@@ -116,7 +116,13 @@ def index_images(
         "conflict_files_dropped": len(dropped),
         "leaks_between_given_splits": leaks,
         **duplicates_and_groups(hashes, groups, group_pattern),
-        "split_source": "folders" if given else f"fractions {list(split)}, seed {split_seed}",
+        "split_source": (
+            "none: every image in test"
+            if split is None
+            else "folders"
+            if given
+            else f"fractions {list(split)}, seed {split_seed}"
+        ),
         "splits": count_by_split(samples, classes),
     }
     return samples, summary

@@ -20,7 +20,14 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from crack.crackmap import grad_cam_map
-from crack.export import INPUT_NAME, OUTPUT_NAME, ProbabilityModel, parse_metadata
+from crack.export import (
+    FAMILIARITY_NAME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ProbabilityModel,
+    parse_metadata,
+)
+from crack.metrics import unfamiliar_summary
 from crack.preprocessing import Preprocessing, load_rgb
 from crack.report import heatmap_figure, save_figure
 
@@ -31,30 +38,34 @@ MAP_SIZE = 512
 
 
 class Classifier(Protocol):
-    """A model with the preprocessing it expects: images in, crack probabilities out."""
+    """A model with the preprocessing it expects: images in, crack probabilities and
+    unfamiliar-photo scores (`crack.familiarity`) out."""
 
     preprocessing: Preprocessing
     classes: list[str]  # by label: [intact, crack]
-    threshold: float  # the default decision threshold
+    threshold: float  # the default decision threshold: the operating point chosen in training
+    familiarity_threshold: float  # photos scoring above it look unlike the training photos
 
-    def __call__(self, images: torch.Tensor) -> np.ndarray: ...
+    def __call__(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class TorchClassifier:
     """A trained checkpoint, run with PyTorch."""
 
-    def __init__(self, ckpt: str | Path, threshold: float = 0.5) -> None:
+    def __init__(self, ckpt: str | Path) -> None:
         from crack.checkpoint import load_trained_model  # the only backend that needs model code
 
         trained = load_trained_model(ckpt)
-        self.model = ProbabilityModel(trained.model.features, trained.model.head).eval()
+        self.model = ProbabilityModel.of(trained.model)
         self.preprocessing = trained.preprocessing
         self.classes = trained.classes
-        self.threshold = threshold
+        self.threshold = float(trained.model.threshold)
+        self.familiarity_threshold = float(trained.model.familiarity.threshold)
 
-    def __call__(self, images: torch.Tensor) -> np.ndarray:
+    def __call__(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            return self.model(images).numpy()
+            probs, scores = self.model(images)
+        return probs.numpy(), scores.numpy()
 
 
 class OnnxClassifier:
@@ -76,12 +87,19 @@ class OnnxClassifier:
             str(path), options, providers=["CPUExecutionProvider"]
         )
         metadata = self.session.get_modelmeta().custom_metadata_map
-        self.preprocessing, self.classes, self.threshold = parse_metadata(
-            metadata, f"model={str(path)!r}"
+        self.preprocessing, self.classes, self.threshold, self.familiarity_threshold = (
+            parse_metadata(metadata, f"model={str(path)!r}")
+        )
+        outputs = [o.name for o in self.session.get_outputs()]
+        # Files exported before familiarity existed have one output.
+        self.outputs = (
+            [OUTPUT_NAME, FAMILIARITY_NAME] if FAMILIARITY_NAME in outputs else [OUTPUT_NAME]
         )
 
-    def __call__(self, images: torch.Tensor) -> np.ndarray:
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
+    def __call__(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        results = self.session.run(self.outputs, {INPUT_NAME: images.numpy()})
+        probs = results[0]
+        return probs, results[1] if len(results) > 1 else np.zeros_like(probs)
 
 
 @dataclass(frozen=True)
@@ -145,29 +163,31 @@ class Prediction:
     probability: float | None = None  # crack probability; the highest tile's for a tiled photo
     tiles: int = 0  # 0: classified whole
     tile_fraction: float | None = None  # fraction of tiles at or over the threshold
+    familiarity: float | None = None  # how unlike the training photos (a tiled photo: mean tile)
+    unfamiliar: bool | None = None  # familiarity over the model's familiarity threshold
     heatmap: Path | None = None
     error: str | None = None
     tile_probabilities: np.ndarray | None = field(default=None, repr=False)  # as `tile_boxes`
     probability_map: np.ndarray | None = field(default=None, repr=False)
-    familiarity: float | None = None  # how much the photo looks like the training photos
-    unfamiliar: bool | None = None  # None: not checked
 
 
 def predict_tiles(
     classifier: Classifier, photo: Image.Image, tile: int, stride: int, batch_size: int
-) -> tuple[list[tuple[int, int, int, int]], np.ndarray]:
-    """Tile boxes of ``photo`` and the crack probability of each, computed in batches."""
+) -> tuple[list[tuple[int, int, int, int]], np.ndarray, np.ndarray]:
+    """Tile boxes of ``photo`` and the crack probability and familiarity of each, in batches."""
     pixels = v2.functional.pil_to_tensor(photo)  # uint8 (3, H, W); tiles are views into it
     transform = classifier.preprocessing.transform()
     boxes = tile_boxes(photo.width, photo.height, tile, stride)
-    probs = []
+    probs, scores = [], []
     for start in range(0, len(boxes), batch_size):
         batch = boxes[start : start + batch_size]
         tiles = torch.stack(
             [pixels[:, top:bottom, left:right] for left, top, right, bottom in batch]
         )
-        probs.append(classifier(transform(tiles)))
-    return boxes, np.concatenate(probs)
+        tile_probs, tile_scores = classifier(transform(tiles))
+        probs.append(tile_probs)
+        scores.append(tile_scores)
+    return boxes, np.concatenate(probs), np.concatenate(scores)
 
 
 def _error_message(error: Exception) -> str:
@@ -195,9 +215,11 @@ def predict_files(
     pending: list[tuple[Prediction, torch.Tensor]] = []
 
     def flush() -> None:
-        probs = classifier(torch.stack([image for _, image in pending]))
-        for (result, _), prob in zip(pending, probs, strict=True):
+        probs, scores = classifier(torch.stack([image for _, image in pending]))
+        for (result, _), prob, score in zip(pending, probs, scores, strict=True):
             result.probability = float(prob)
+            result.familiarity = float(score)
+            result.unfamiliar = bool(score > classifier.familiarity_threshold)
         pending.clear()
 
     for result in results:
@@ -208,12 +230,14 @@ def predict_files(
                 if len(pending) == batch_size:
                     flush()
                 continue
-            boxes, probs = predict_tiles(classifier, photo, tile, stride, batch_size)
+            boxes, probs, scores = predict_tiles(classifier, photo, tile, stride, batch_size)
         except Exception as error:  # PIL raises many kinds (OSError, SyntaxError, ...): go on
             result.error = _error_message(error)
             log.warning("Could not read %s: %s", result.path, result.error)
             continue
         result.probability = float(probs.max())
+        result.familiarity = float(scores.mean())
+        result.unfamiliar = bool(result.familiarity > classifier.familiarity_threshold)
         result.tiles = len(boxes)
         result.tile_fraction = float((probs >= threshold).mean())
         result.tile_probabilities = probs
@@ -235,8 +259,9 @@ def write_heatmap(
     """Write the heatmap overlay of a tiled photo as ``folder/<path below root>.png``."""
     relative = result.path.relative_to(root) if root else Path(result.path.name)
     name = "__".join(relative.with_suffix("").parts) + ".png"
+    warning = "UNFAMILIAR PHOTO, do not trust: " if result.unfamiliar else ""
     title = (
-        f"{relative}: highest tile probability {result.probability:.3f}, "
+        f"{warning}{relative}: highest tile probability {result.probability:.3f}, "
         f"{result.tile_fraction:.1%} of {result.tiles} tiles >= {threshold:g}; cyan: map >= {threshold:g}"
     )
     figure = heatmap_figure(photo, result.probability_map, threshold, title)
@@ -250,7 +275,18 @@ def write_predictions(
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
-            ["path", "probability", "label", "class", "tiles", "tile_fraction", "heatmap", "error"]
+            [
+                "path",
+                "probability",
+                "label",
+                "class",
+                "familiarity",
+                "unfamiliar",
+                "tiles",
+                "tile_fraction",
+                "heatmap",
+                "error",
+            ]
         )
         for r in results:
             readable = r.probability is not None
@@ -261,6 +297,8 @@ def write_predictions(
                     f"{r.probability:.6f}" if readable else "",
                     "" if label is None else label,
                     "" if label is None else classes[label],
+                    "" if r.familiarity is None else f"{r.familiarity:.4f}",
+                    "" if r.unfamiliar is None else int(r.unfamiliar),
                     r.tiles if readable else "",
                     "" if r.tile_fraction is None else f"{r.tile_fraction:.4f}",
                     r.heatmap or "",
@@ -279,6 +317,7 @@ def summary(results: Sequence[Prediction], threshold: float, seconds: float) -> 
     lines = [
         f"{len(results)} files: {len(read)} read, {len(results) - len(read)} unreadable.",
         f"{len(cracked)} of {len(read)} images with cracks (crack probability >= {threshold:g}).",
+        unfamiliar_summary(sum(bool(r.unfamiliar) for r in read), len(read)),
     ]
     if tiled:
         lines.append(

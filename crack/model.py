@@ -1,4 +1,4 @@
-"""The crack classifier: torchvision's MobileNetV2 backbone with a one-logit head."""
+"""The crack classifier: a torchvision backbone (MobileNetV2 by default) with a one-logit head."""
 
 from __future__ import annotations
 
@@ -18,35 +18,36 @@ from torchmetrics.classification import (
     BinaryPrecision,
     BinaryRecall,
 )
-from torchvision.models import mobilenet_v2
 
+from crack.backbones import DEFAULT_BACKBONE, get_backbone
+from crack.familiarity import Familiarity, block_statistics
 from crack.weights import download_torchvision_weights, load_backbone_weights, read_state_dict
 
 log = logging.getLogger(__name__)
 
-FEATURE_CHANNELS = 1280  # MobileNetV2 (width 1.0) output channels
 
-
-def classification_metrics() -> MetricCollection:
-    """Metrics reported on validation and test; inputs are crack probabilities."""
+def decision_metrics() -> MetricCollection:
+    """Metrics of the decisions reported on validation and test; inputs are 0./1. decisions
+    (crack probability at or over the model's threshold), so the default 0.5 cut keeps them."""
     return MetricCollection(
         {
             "accuracy": BinaryAccuracy(),
             "precision": BinaryPrecision(),
             "recall": BinaryRecall(),
             "f1": BinaryF1Score(),
-            "auroc": BinaryAUROC(),
         }
     )
 
 
 class CrackClassifier(L.LightningModule):
-    """MobileNetV2 features -> global average pool -> dropout -> Linear(1280, 1), trained with BCE.
+    """Backbone features -> global average pool -> dropout -> Linear(channels, 1), trained with BCE.
 
     Args:
+        backbone: a name of `crack.backbones.BACKBONES` (``mobilenet_v2``, the default and the
+            method of this project; ``mobilenet_v3_large``, ``efficientnet_b0``).
         weights: torchvision weights name for the backbone (``IMAGENET1K_V1``, ``IMAGENET1K_V2``),
             or None for random init. Ignored when ``weights_path`` is given.
-        weights_path: a local MobileNetV2 state_dict file (full or features-only).
+        weights_path: a local state_dict file of the backbone (full or features-only).
         dropout: dropout before the final linear layer.
         pos_weight: optional BCE weight of the crack class (for unbalanced data).
         optimizer: a partial optimizer taking the parameters (Hydra ``_partial_``); default Adam.
@@ -59,6 +60,7 @@ class CrackClassifier(L.LightningModule):
 
     def __init__(
         self,
+        backbone: str = DEFAULT_BACKBONE,
         weights: str | None = "IMAGENET1K_V1",
         weights_path: str | None = None,
         dropout: float = 0.2,
@@ -75,12 +77,14 @@ class CrackClassifier(L.LightningModule):
         self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=1e-3)
         self.scheduler_factory = scheduler
 
-        self.features = mobilenet_v2(weights=None).features
+        spec = get_backbone(backbone)
+        self.features = spec.features()
         if weights_path:
-            load_backbone_weights(self.features, read_state_dict(weights_path), str(weights_path))
+            state = read_state_dict(weights_path)
+            load_backbone_weights(self.features, state, str(weights_path), spec)
         elif weights:
-            state = download_torchvision_weights(weights)
-            load_backbone_weights(self.features, state, f"torchvision {weights}")
+            state = download_torchvision_weights(spec, weights)
+            load_backbone_weights(self.features, state, f"torchvision {weights}", spec)
         else:
             log.debug("Backbone starts from random init (model.weights=null)")
 
@@ -88,18 +92,33 @@ class CrackClassifier(L.LightningModule):
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
             nn.Dropout(dropout),
-            nn.Linear(FEATURE_CHANNELS, 1),
+            nn.Linear(spec.channels, 1),
         )
         # Same init as torchvision's classifier.
         nn.init.normal_(self.head[-1].weight, 0, 0.01)
         nn.init.zeros_(self.head[-1].bias)
+
+        # What the outputs mean, fitted on the validation split after training
+        # (crack.calibration); buffers, so the checkpoint and the exports carry them.
+        self.register_buffer("temperature", torch.tensor(1.0))
+        self.register_buffer("threshold", torch.tensor(0.5))
+        self.statistics_blocks = spec.statistics_blocks
+        with torch.no_grad():
+            _, described = block_statistics(
+                self.features.eval(), torch.zeros(1, 3, 32, 32), self.statistics_blocks
+            )
+        self.features.train()
+        self.familiarity = Familiarity(described.shape[1])
         self.loss_fn = nn.BCEWithLogitsLoss(
             pos_weight=None if pos_weight is None else torch.tensor([float(pos_weight)])
         )
 
         self.train_accuracy = BinaryAccuracy()
-        self.val_metrics = classification_metrics().clone(prefix="val/")
-        self.test_metrics = classification_metrics().clone(prefix="test/")
+        self.val_metrics = decision_metrics().clone(prefix="val/")
+        self.test_metrics = decision_metrics().clone(prefix="test/")
+        self.val_auroc, self.test_auroc = BinaryAUROC(), BinaryAUROC()
+        # The last validation's logits and labels: what crack.calibration fits on.
+        self.validation_logits: list[tuple[torch.Tensor, torch.Tensor]] = []
         # torchmetrics gathers these across DDP processes: loss and image count are those of the
         # whole validation (test) set, not of one process's share.
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
@@ -132,7 +151,7 @@ class CrackClassifier(L.LightningModule):
         """The activation entering ``features[block]``, as ``forward_from(..., block)`` takes it.
 
         At ``block == len(features)`` it is the backbone's output already average-pooled, shape
-        (N, 1280, 1, 1): pooling is the head's first step, has no parameters, and is the identity
+        (N, channels, 1, 1): pooling is the head's first step, has no parameters, and is the identity
         on a 1x1 map, so ``forward_from`` runs the unchanged head on it.
         """
         x = self.features[:block](self._memory_format(images))
@@ -144,48 +163,77 @@ class CrackClassifier(L.LightningModule):
         rest = self.features[block:] if block else self.features
         return self.head(rest(self._memory_format(x))).squeeze(1)
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated crack probabilities (``temperature`` is 1 until calibration)."""
+        return torch.sigmoid(logits / self.temperature)
+
+    def describe(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Crack logits and unfamiliar-photo scores (`crack.familiarity`) of images, one pass."""
+        blocks = self.statistics_blocks
+        x, described = block_statistics(self.features, self._memory_format(images), blocks)
+        return self.head(x).squeeze(1), self.familiarity(described)
+
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         inputs, labels = batch
         logits = self.forward_from(inputs, self.input_block)
         loss = self.loss_fn(logits, labels.float())
-        return loss, torch.sigmoid(logits), labels
+        probs = self.probabilities(logits)
+        return loss, logits, probs, (probs >= self.threshold).float(), labels
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
-        loss, probs, labels = self._step(batch)
-        self.train_accuracy(probs, labels)
+        loss, _, _, decisions, labels = self._step(batch)
+        self.train_accuracy(decisions, labels)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("train/accuracy", self.train_accuracy, on_step=False, on_epoch=True)
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        self.validation_logits = []
+
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        loss, probs, labels = self._step(batch)
-        self.val_metrics.update(probs, labels)
+        loss, logits, probs, decisions, labels = self._step(batch)
+        self.validation_logits.append((logits.detach().float().cpu(), labels.cpu()))
+        self.val_metrics.update(decisions, labels)
+        self.val_auroc.update(probs, labels)
         self.val_loss.update(loss, weight=len(labels))
         self.val_images.update(len(labels))
         self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
         self.log("val/num_images", self.val_images, on_epoch=True)
+        self.log("val/auroc", self.val_auroc, on_epoch=True)
         self.log_dict(self.val_metrics, on_epoch=True)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        loss, probs, labels = self._step(batch)
-        self.test_metrics.update(probs, labels)
-        self.test_confusion.update(probs, labels)
+        loss, _, probs, decisions, labels = self._step(batch)
+        self.test_metrics.update(decisions, labels)
+        self.test_auroc.update(probs, labels)
+        self.test_confusion.update(decisions, labels)
         self.test_loss.update(loss, weight=len(labels))
         self.test_images.update(len(labels))
         self.log("test/loss", self.test_loss, on_epoch=True)
         self.log("test/num_images", self.test_images, on_epoch=True)
+        self.log("test/auroc", self.test_auroc, on_epoch=True)
         self.log_dict(self.test_metrics, on_epoch=True)
 
     def on_test_epoch_end(self) -> None:
         self.test_confusion_matrix = self.test_confusion.compute().tolist()
         self.test_confusion.reset()
 
-    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        """Crack probabilities for a batch of images (or of (images, labels))."""
+    def predict_step(self, batch, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Calibrated crack probabilities and unfamiliar-photo scores for a batch of images
+        (or of (images, labels))."""
         images = batch[0] if isinstance(batch, list | tuple) else batch
-        return torch.sigmoid(self(images))
+        logits, scores = self.describe(images)
+        return self.probabilities(logits), scores
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Checkpoints written before calibration existed: uncalibrated (T 1, threshold 0.5,
+        nothing flagged), not refused."""
+        state = checkpoint["state_dict"]
+        for key, value in self.state_dict().items():
+            if key.startswith(("temperature", "threshold", "familiarity.")):
+                state.setdefault(key, value)
 
     def configure_optimizers(self):
         # Frozen parameters (see StagedUnfreezing) join later as their own param groups.

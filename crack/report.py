@@ -41,7 +41,8 @@ def confusion_matrix_figure(
     probs: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], threshold: float
 ) -> Figure:
     """Counts of true/predicted classes at ``threshold``, with the class names on the axes."""
-    matrix = binary_confusion_matrix(probs, labels.long(), threshold).numpy()
+    # At and above the threshold is a crack (torchmetrics cuts strictly above 0.5).
+    matrix = binary_confusion_matrix((probs >= threshold).float(), labels.long()).numpy()
     figure = Figure(figsize=(4.5, 4), layout="constrained")
     ax = figure.subplots()
     ax.imshow(matrix, cmap="Blues", vmin=0)
@@ -86,6 +87,29 @@ def roc_pr_figure(probs: torch.Tensor, labels: torch.Tensor, auroc: float) -> Fi
     pr_ax.axhline(prevalence, ls="--", color="grey", label=f"chance ({prevalence:.2f})")
     roc_ax.legend(loc="lower right")
     pr_ax.legend(loc="lower left")
+    return figure
+
+
+def reliability_figure(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> Figure:
+    """Reliability diagram: the observed fraction of cracks against the stated probability, in
+    equal-width bins (the ECE's bins), with each bin's image count."""
+    probs, labels = probs.double().flatten(), labels.double().flatten()
+    index = torch.clamp((probs * bins).long(), max=bins - 1)
+    counts = torch.bincount(index, minlength=bins).double()
+    stated = torch.bincount(index, probs, minlength=bins) / counts.clamp_min(1)
+    observed = torch.bincount(index, labels, minlength=bins) / counts.clamp_min(1)
+    used = counts > 0
+    figure = Figure(figsize=(4.5, 4.5), layout="constrained")
+    ax = figure.subplots()
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
+    ax.plot(stated[used], observed[used], marker="o", label="this model")
+    for x, y, n in zip(stated[used], observed[used], counts[used], strict=True):
+        ax.annotate(f"{int(n)}", (float(x), float(y)), fontsize="x-small", xytext=(3, -9),
+                    textcoords="offset points")  # fmt: skip
+    ax.set(xlim=(0, 1), ylim=(0, 1), aspect="equal", xlabel="crack probability stated",
+           ylabel="fraction that are cracks", title="Reliability (images per bin)")  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
     return figure
 
 
@@ -159,14 +183,20 @@ def write_predictions_csv(
     labels: torch.Tensor,
     probs: torch.Tensor,
     threshold: float,
+    familiarity: torch.Tensor,
+    unfamiliar: torch.Tensor,
 ) -> Path:
-    """One row per image: path, true label, crack probability, predicted label (1 = crack)."""
+    """One row per image: path, true label, crack probability, predicted label (1 = crack),
+    unfamiliar-photo score and flag."""
     path = Path(path)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "label", "probability", "predicted"])
-        for image, label, prob in zip(paths, labels.tolist(), probs.tolist(), strict=True):
-            writer.writerow([str(image), int(label), f"{prob:.6f}", int(prob >= threshold)])
+        writer.writerow(["path", "label", "probability", "predicted", "familiarity", "unfamiliar"])
+        rows = zip(paths, labels.tolist(), probs.tolist(), familiarity.tolist(), unfamiliar.tolist(), strict=True)  # fmt: skip
+        for image, label, prob, score, flag in rows:
+            writer.writerow(
+                [str(image), int(label), f"{prob:.6f}", int(prob >= threshold), f"{score:.4f}", int(flag)]
+            )  # fmt: skip
     return path
 
 
@@ -178,6 +208,8 @@ def write_evaluation_report(
     metrics: dict,
     classes: Sequence[str],
     threshold: float,
+    familiarity: torch.Tensor,
+    unfamiliar: torch.Tensor,
     max_errors: int = 8,
 ) -> list[Path]:
     """Write predictions.csv and the figures into ``run_dir``, and log them to TensorBoard there.
@@ -188,9 +220,13 @@ def write_evaluation_report(
     figures = {
         "confusion_matrix": confusion_matrix_figure(probs, labels, classes, threshold),
         "roc_pr": roc_pr_figure(probs, labels, metrics["auroc"]),
+        "reliability": reliability_figure(probs, labels),
         "errors": errors_figure(paths, probs, labels, threshold, max_errors),
     }
-    written = [write_predictions_csv(run_dir / "predictions.csv", paths, labels, probs, threshold)]
+    csv_path = run_dir / "predictions.csv"
+    written = [
+        write_predictions_csv(csv_path, paths, labels, probs, threshold, familiarity, unfamiliar)
+    ]
     written += [save_figure(fig, run_dir / f"{name}.png") for name, fig in figures.items()]
     with SummaryWriter(log_dir=str(run_dir)) as writer:
         for name, figure in figures.items():

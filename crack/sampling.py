@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sized
+from collections.abc import Callable, Iterator, Sequence, Sized
 
 import lightning as L
 import numpy as np
@@ -10,14 +10,21 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import Sampler
 
+from crack.errors import UserError
+
 
 def derived_seed(*keys: int) -> int:
     """A 32-bit seed that depends on all of ``keys`` (e.g. seed, epoch, rank), none colliding."""
     return int(np.random.SeedSequence(keys).generate_state(1)[0])
 
 
-class EpochShuffle(Sampler[int]):
+class EpochShuffle(Sampler):
     """A random order of ``range(size)`` that depends only on ``(seed, epoch)``.
+
+    With more than one of ``variants`` (orientations of an image, see
+    `crack.preprocessing.Augmentation.variants`), it yields ``(index, variant)`` pairs, the
+    variant drawn from the same ``(seed, epoch)``: every dataset, stored or not, then shows an
+    image in the same orientation in the same epoch.
 
     ``torch``'s ``RandomSampler`` draws each epoch's order from the global random state, which a
     resumed run does not have, so it would see different batches than an uninterrupted one. The
@@ -29,17 +36,24 @@ class EpochShuffle(Sampler[int]):
     process its share of this same order.
     """
 
-    def __init__(self, size: int, seed: int, epoch: Callable[[], int]) -> None:
+    def __init__(
+        self, size: int, seed: int, epoch: Callable[[], int], variants: Sequence[int] = (0,)
+    ) -> None:
         self.size = size
         self.seed = seed
         self.epoch = epoch
+        self.variants = list(variants)
 
     def __len__(self) -> int:
         return self.size
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
         generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch()))
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        order = torch.randperm(self.size, generator=generator).tolist()
+        if len(self.variants) == 1:
+            return iter(order)
+        drawn = torch.randint(len(self.variants), (self.size,), generator=generator).tolist()
+        return iter([(i, self.variants[drawn[i]]) for i in order])
 
 
 def evaluation_sampler(dataset: Sized, trainer: L.Trainer | None) -> Sampler[int] | None:
@@ -53,7 +67,7 @@ def evaluation_sampler(dataset: Sized, trainer: L.Trainer | None) -> Sampler[int
     if trainer is None or trainer.world_size <= 1:
         return None
     if len(dataset) < trainer.world_size:
-        raise ValueError(
+        raise UserError(
             f"{len(dataset)} evaluation images cannot be shared by {trainer.world_size} "
             "processes: every process needs one. Use fewer devices or a larger data.split."
         )

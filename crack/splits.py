@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from crack.errors import UserError
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
@@ -60,7 +62,7 @@ def split_counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
 def check_fractions(fractions: Sequence[float]) -> None:
     """Refuse anything but 3 non-negative fractions (train, val, test) summing to 1."""
     if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
-        raise ValueError(
+        raise UserError(
             f"data.split must be 3 fractions (train, val, test) summing to 1, got {fractions}"
         )
 
@@ -73,7 +75,7 @@ def group_ids(names: Sequence[str], pattern: str) -> list[str]:
     """
     regex = re.compile(pattern)
     if regex.groups < 1:
-        raise ValueError(
+        raise UserError(
             f"data.group_pattern={pattern!r} has no (group): the first group is the group id, "
             r"e.g. data.group_pattern='^(\d+)-' for 12-0001.jpg, 12-0002.jpg, ..."
         )
@@ -82,7 +84,7 @@ def group_ids(names: Sequence[str], pattern: str) -> list[str]:
         match = regex.search(name)
         ids.append((match.group(1) or "") if match else "")
     if names and not any(ids):
-        raise ValueError(
+        raise UserError(
             f"data.group_pattern={pattern!r} finds no group id in any file name "
             f"(e.g. {names[0]!r}). Fix the pattern, or leave data.group_pattern=null."
         )
@@ -115,7 +117,7 @@ def handle_conflicts(conflicts: list[list[str]], on_conflict: str) -> set[str]:
     if not conflicts:
         return set()
     if on_conflict == "error":
-        raise ValueError(
+        raise UserError(
             f"{len(conflicts)} image(s) are stored, byte for byte, under both classes:\n"
             f"{_listing(conflicts)}\nFix their labels, or drop them with data.on_conflict=drop."
         )

@@ -6,7 +6,6 @@ import logging
 import shutil
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -14,12 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from crack.cache import FeatureCache, StoredDataset, feature_store, image_store
+from crack.cache import FeatureCache, feature_store, image_store, plan_cache
 from crack.callbacks import StagedUnfreezing
 from crack.checkpoint import load_trained_model
-from crack.data import CrackDataModule, ImageFileDataset
+from crack.data import CrackDataModule, ImageFileDataset, StoredInputs
 from crack.metrics import evaluation_metrics
 from crack.model import CrackClassifier
+from crack.preprocessing import Augmentation
+from crack.store import StoredDataset
 from crack.synthetic import make_dataset
 
 SIZE = 32
@@ -71,9 +72,10 @@ class LossRecorder(L.Callback):
 
 
 def _fit(model, datamodule, milestones, epochs=2, **trainer_kwargs) -> L.Trainer:
+    cache = FeatureCache(milestones, enabled=datamodule.settings.cache)
     trainer = L.Trainer(
         max_epochs=epochs,
-        callbacks=[StagedUnfreezing(milestones), FeatureCache(), LossRecorder()],
+        callbacks=[StagedUnfreezing(milestones), cache, LossRecorder()],
         logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, accelerator="cpu", **trainer_kwargs,
     )  # fmt: skip
@@ -82,7 +84,8 @@ def _fit(model, datamodule, milestones, epochs=2, **trainer_kwargs) -> L.Trainer
 
 
 def _stores(cache_dir: Path, kind: str) -> set[str]:
-    return {p.name for p in (cache_dir / kind).glob("*.npy")}
+    """The names of the complete stores of a kind (a folder each; partial builds start with .)."""
+    return {p.name for p in (cache_dir / kind).glob("[!.]*") if p.is_dir()}
 
 
 @pytest.mark.parametrize(("block", "dtype"), [(19, np.float16), (17, np.float32)])
@@ -93,7 +96,8 @@ def test_stored_features_give_the_same_logits(backbone, tiny_dataset, tmp_path, 
     images = ImageFileDataset(dm.root, dm.samples, dm.preprocessing.transform())
     path = feature_store(tmp_path, images, dm.preprocessing, model, block, 8, 0)
     stored = np.load(path)
-    assert stored.dtype == dtype and len(stored) == len(dm.samples)
+    assert stored.dtype == dtype and stored.shape[:2] == (len(dm.samples), 1)  # one orientation
+    stored = stored[:, 0]
 
     batch = torch.stack([images[i][0] for i in range(len(images))])
     with torch.inference_mode():
@@ -105,18 +109,28 @@ def test_stored_features_give_the_same_logits(backbone, tiny_dataset, tmp_path, 
     assert torch.equal(cached > 0, direct > 0)
 
 
-@pytest.mark.parametrize("milestones", [[], FINETUNE], ids=["frozen", "finetune"])
+@pytest.mark.parametrize(
+    ("milestones", "augment"),
+    [([], {}), (FINETUNE, {}), ([], {"hflip": True, "vflip": True, "rot90": True}),
+     (FINETUNE, {"hflip": True})],
+    ids=["frozen", "finetune", "frozen-8-orientations", "finetune-hflip"],
+)  # fmt: skip
 def test_training_on_stored_features_follows_the_same_trajectory(
-    backbone, tiny_dataset, tmp_path, milestones
+    backbone, tiny_dataset, tmp_path, milestones, augment
 ):
+    """Stored outputs of every orientation, one drawn per image and epoch, train exactly as
+    computing the flipped images' outputs every epoch does."""
     runs = {}
     for cache in (False, True):
         L.seed_everything(0)
-        model, dm = _model(backbone), _datamodule(tiny_dataset, tmp_path, cache=cache)
+        dm = _datamodule(tiny_dataset, tmp_path, cache=cache, augment=augment)
+        model = _model(backbone)
         trainer = _fit(model, dm, milestones)
         runs[cache] = (trainer.callbacks[2].losses, model, trainer)
 
     (plain_losses, plain, _), (cached_losses, cached, trainer) = runs[False], runs[True]
+    drawn = {key[1] for key in trainer.train_dataloader.sampler if isinstance(key, tuple)}
+    assert len(drawn) == len(Augmentation(**augment).variants()) if augment else not drawn
     assert cached.input_block == (17 if milestones else 19)
     assert isinstance(trainer.train_dataloader.dataset, StoredDataset)
     assert len(cached_losses) == len(plain_losses) == 8
@@ -133,7 +147,7 @@ def test_checkpoint_trained_on_stored_features_evaluates_images_alike(
     model, dm = _model(backbone), _datamodule(tiny_dataset, tmp_path)
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="best")
     trainer = L.Trainer(
-        max_epochs=1, callbacks=[StagedUnfreezing([]), FeatureCache(), checkpoint],
+        max_epochs=1, callbacks=[StagedUnfreezing([]), FeatureCache([]), checkpoint],
         logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
     )  # fmt: skip
     trainer.fit(model, datamodule=dm)
@@ -165,12 +179,13 @@ def test_feature_store_is_reused_and_rebuilt_exactly_when_its_inputs_change(
         dm.setup()
         test = dm.split_samples("test")
         images = ImageFileDataset(dm.root, test, dm.preprocessing.transform())
-        return feature_store(cache, images, dm.preprocessing, model, block, 8, 0)
+        variants = dm.preprocessing.augmentation.variants()
+        return feature_store(cache, images, dm.preprocessing, model, block, 8, 0, variants)
 
     first = store()
     built = first.stat().st_mtime_ns
     assert store() == first and first.stat().st_mtime_ns == built  # reused, not rewritten
-    assert _stores(cache, "features") == {first.name}
+    assert _stores(cache, "features") == {first.parent.name}
 
     with torch.no_grad():  # weights outside features[:17] are not part of the key
         model.features[18][0].weight.add_(1.0)
@@ -181,6 +196,7 @@ def test_feature_store_is_reused_and_rebuilt_exactly_when_its_inputs_change(
         "image size": store(image_size=40),
         "normalisation": store(mean=[0.5, 0.5, 0.5]),
         "cut point": store(block=16),
+        "orientations": store(augment={"hflip": True}),
     }
     weight = model.features[3].conv[0][0].weight
     running_mean = model.features[5].conv[0][1].running_mean  # BatchNorm statistics count too
@@ -203,25 +219,28 @@ def test_feature_store_is_reused_and_rebuilt_exactly_when_its_inputs_change(
 
     paths = [first, *changed.values()]
     assert len(set(paths)) == len(paths), changed
-    assert _stores(cache, "features") == {p.name for p in paths}
+    assert _stores(cache, "features") == {p.parent.name for p in paths}
     np.testing.assert_array_equal(np.load(changed["one file"])[1:], np.load(first)[1:])
     assert not np.array_equal(np.load(changed["one file"])[0], np.load(first)[0])
 
 
 def test_image_store_serves_the_same_tensors_with_and_without_augmentation(tiny_dataset, tmp_path):
-    for augment in ({}, {"hflip": True, "vflip": True, "rotation": 20}):
+    for augment in ({}, {"hflip": True, "vflip": True, "brightness": 0.3, "contrast": 0.3}):
         loaders = {}
         for cache in (False, True):
-            dm = _datamodule(tiny_dataset, tmp_path, cache=cache, augment=augment)
+            dm = _datamodule(tiny_dataset, tmp_path, augment=augment)
             dm.setup()
+            if cache:
+                images = dm.files_dataset(dm.preprocessing.resize())
+                dm.serve(StoredInputs(image_store(tmp_path, images, SIZE, 8, 0)))
             loaders[cache] = dm.train_dataloader()
         assert isinstance(loaders[True].dataset, StoredDataset)
         assert isinstance(loaders[False].dataset, ImageFileDataset)
-        for i in (0, 5):
-            torch.manual_seed(i)
-            plain = loaders[False].dataset[i]
-            torch.manual_seed(i)
-            stored = loaders[True].dataset[i]
+        for key in (0, 5, (3, 6), (4, 2)):
+            torch.manual_seed(1)
+            plain = loaders[False].dataset[key]
+            torch.manual_seed(1)
+            stored = loaders[True].dataset[key]
             assert stored[1] == plain[1]
             torch.testing.assert_close(stored[0], plain[0], rtol=0, atol=0)
     # One store: augmentation comes after it, and the file list and size are the same.
@@ -243,34 +262,32 @@ def test_image_store_is_rebuilt_when_the_image_size_changes(tiny_dataset, tmp_pa
     ("setting", "block", "reason"),
     [
         ({}, 19, ""),
-        ({"milestones": FINETUNE}, 17, ""),
-        ({"milestones": [{"epoch": 2, "blocks": 19}]}, 0, "unfreezes every block"),
-        ({"unfreezing": False}, 0, "every block trains"),
+        ({"trainable": 2}, 17, ""),
+        ({"augment": {"hflip": True, "rot90": True}}, 19, ""),  # orientations are stored
+        ({"trainable": 19}, 0, "unfreezes every block"),
+        ({"trainable": None}, 0, "every block trains"),
         ({"cache": False}, 0, "data.cache=false"),
-        ({"augment": {"hflip": True}}, 0, "augmentation is on"),
+        ({"augment": {"brightness": 0.2}}, 0, "colour augmentation is on"),
     ],
 )
-def test_feature_cache_decides_which_blocks_and_says_why_not(
-    backbone, tiny_dataset, setting, block, reason
-):
-    dm = CrackDataModule(
-        str(tiny_dataset), cache=setting.get("cache", True), augment=setting.get("augment")
+def test_plan_decides_which_blocks_and_says_why_not(setting, block, reason):
+    plan = plan_cache(
+        setting.get("cache", True),
+        Augmentation(**setting.get("augment", {})),
+        setting.get("trainable", 0),
+        19,
     )
-    callbacks = []
-    if setting.get("unfreezing", True):
-        callbacks.append(StagedUnfreezing(setting.get("milestones", [])))
-    trainer = SimpleNamespace(datamodule=dm, callbacks=callbacks)
-    got, why_not = FeatureCache.frozen_blocks(trainer, _model(backbone))
-    assert got == block and reason in why_not and bool(why_not) == (block == 0)
+    assert plan.block == block and reason in plan.reason and bool(plan.reason) == (block == 0)
+    assert plan.images == (block == 0 and setting.get("cache", True))
 
 
 def test_feature_cache_logs_once_why_it_is_off(backbone, tiny_dataset, tmp_path, caplog):
     model = _model(backbone)
-    dm = _datamodule(tiny_dataset, tmp_path, augment={"hflip": True})
+    dm = _datamodule(tiny_dataset, tmp_path, augment={"brightness": 0.2})
     with caplog.at_level(logging.INFO, logger="crack.cache"):
         _fit(model, dm, [], epochs=1, limit_train_batches=1, limit_val_batches=1)
     off = [r.message for r in caplog.records if "Feature cache" in r.message]
-    assert len(off) == 1 and "augmentation is on" in off[0]
+    assert len(off) == 1 and "colour augmentation is on" in off[0]
     assert model.input_block == 0
     assert _stores(tmp_path, "images") and not _stores(tmp_path, "features")
 
@@ -283,5 +300,5 @@ def test_a_second_datamodule_reuses_the_stores(backbone, tmp_path, caplog):
             _fit(_model(backbone), _datamodule(root, tmp_path / "cache"), [], epochs=1)
         built = [r.message for r in caplog.records if " built in " in r.message]
         reused = [r.message for r in caplog.records if " reused in " in r.message]
-        # One store for all splits: built by the validation sanity check, reused by training.
-        assert (len(built), len(reused)) == ((1, 1) if run == "first" else (0, 2)), run
+        # One store for all splits: built at the fit setup, reused at the test setup.
+        assert (len(built), len(reused)) == ((1, 0) if run == "first" else (0, 1)), run

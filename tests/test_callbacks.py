@@ -108,9 +108,14 @@ def test_milestone_blocks_are_checked(tiny_dataset):
         _fit(_model(), tiny_dataset, StagedUnfreezing([{"epoch": 0, "blocks": 40}]), epochs=1)
 
 
-def test_resume_after_the_milestone_trains_the_unfrozen_blocks(tiny_dataset, tmp_path):
+def _is_norm(module) -> bool:
+    return isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+
+
+@pytest.mark.parametrize("batchnorm", ["eval", "train"])
+def test_resume_after_the_milestone_trains_the_unfrozen_blocks(tiny_dataset, tmp_path, batchnorm):
     milestones = [{"epoch": 0, "blocks": 2, "lr_factor": 0.1}]
-    first = _fit(_model(), tiny_dataset, StagedUnfreezing(milestones), epochs=1)
+    first = _fit(_model(), tiny_dataset, StagedUnfreezing(milestones, batchnorm), epochs=1)
     first.save_checkpoint(tmp_path / "epoch0.ckpt")
     seen = []
 
@@ -121,7 +126,12 @@ def test_resume_after_the_milestone_trains_the_unfrozen_blocks(tiny_dataset, tmp
             seen.append(
                 {
                     "top_trainable": all(p.requires_grad for p in top.parameters()),
-                    "top_training": all(m.training for b in top for m in b.modules()),
+                    "top_training": all(
+                        m.training for b in top for m in b.modules() if not _is_norm(m)
+                    ),
+                    "top_norms_training": {
+                        m.training for b in top for m in b.modules() if _is_norm(m)
+                    },
                     "rest_frozen": not any(p.requires_grad for p in rest.parameters()),
                     "rest_eval": not any(m.training for b in rest for m in b.modules()),
                     "lrs": [g["lr"] for g in groups],
@@ -134,7 +144,7 @@ def test_resume_after_the_milestone_trains_the_unfrozen_blocks(tiny_dataset, tmp
     top_before = {k: v.clone() for k, v in model.features[17:].state_dict().items()}
     dm = CrackDataModule(str(tiny_dataset), image_size=32, batch_size=8, num_workers=0)
     trainer = L.Trainer(
-        max_epochs=2, callbacks=[StagedUnfreezing(milestones), Spy()], logger=False,
+        max_epochs=2, callbacks=[StagedUnfreezing(milestones, batchnorm), Spy()], logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         accelerator="cpu",
     )  # fmt: skip
@@ -142,6 +152,7 @@ def test_resume_after_the_milestone_trains_the_unfrozen_blocks(tiny_dataset, tmp
 
     assert seen and seen[0] == {
         "top_trainable": True, "top_training": True, "rest_frozen": True, "rest_eval": True,
+        "top_norms_training": {batchnorm == "train"},
         "lrs": [pytest.approx(1e-3), pytest.approx(1e-4)], "top_in_group_1": True,
     }  # fmt: skip
     resumed_top = first.lightning_module.features[17:].state_dict()
@@ -193,3 +204,20 @@ def test_training_curves_redraw_at_most_every_min_interval_and_at_the_end(monkey
         trainer.current_epoch = epoch
         curves.on_train_epoch_end(trainer, None)
     assert len(drawn) == 5  # every epoch
+
+
+def test_unfrozen_batchnorm_in_eval_mode_keeps_its_statistics_and_trains_its_scale(tiny_dataset):
+    """The Keras recipe: running statistics stay ImageNet's; scale and shift learn; the head
+    LR can drop at the milestone (head_lr_factor)."""
+    model = _model()
+    norms = [m for m in model.features[17:].modules() if _is_norm(m)]
+    before = [(n.running_mean.clone(), n.weight.detach().clone()) for n in norms]
+    milestone = {"epoch": 0, "blocks": 2, "lr_factor": 0.1, "head_lr_factor": 0.1}
+    trainer = _fit(model, tiny_dataset, StagedUnfreezing([milestone], "eval"), epochs=1)
+    for norm, (running_mean, weight) in zip(norms, before, strict=True):
+        assert torch.equal(norm.running_mean, running_mean)
+        assert not torch.equal(norm.weight, weight)
+    groups = trainer.optimizers[0].param_groups
+    assert [g["lr"] for g in groups] == [pytest.approx(1e-4), pytest.approx(1e-4)]
+    with pytest.raises(ValueError, match="batchnorm='sometimes'"):
+        StagedUnfreezing([milestone], "sometimes")

@@ -9,7 +9,18 @@ from crack.inference import tile_boxes
 from crack.model import CrackClassifier
 
 
-def brightness_model() -> ProbabilityModel:
+class Network(nn.Module):
+    """What Grad-CAM needs of a ProbabilityModel: ``features`` and ``head``."""
+
+    def __init__(self, features: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.features, self.head = features, head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.head(self.features(images)).squeeze(1))
+
+
+def brightness_model() -> Network:
     """A model whose crack logit is the mean brightness: its Grad-CAM is the brightness itself.
 
     The gradient of a mean over the map is the same positive number everywhere, so the weighted
@@ -20,7 +31,7 @@ def brightness_model() -> ProbabilityModel:
     pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1, 1))
     nn.init.constant_(pool[-1].weight, 4.0)
     nn.init.constant_(pool[-1].bias, -2.0)
-    return ProbabilityModel(nn.Sequential(nn.Identity(), to_grey), pool).eval()
+    return Network(nn.Sequential(nn.Identity(), to_grey), pool).eval()
 
 
 def to_unit(tiles: torch.Tensor) -> torch.Tensor:
@@ -54,12 +65,11 @@ def test_grad_cam_map_is_tile_probability_times_grad_cam_upsampled_to_each_tile(
 
 
 def test_grad_cam_of_mobilenet_is_upsampled_from_its_last_block():
-    model = CrackClassifier(weights=None).eval()
-    probability_model = ProbabilityModel(model.features, model.head).eval()
+    probability_model = ProbabilityModel.of(CrackClassifier(weights=None))
     images = torch.randn(3, 3, 64, 64)
     probs, cams = grad_cam(probability_model, images)
     assert cams.shape == (3, 2, 2)  # 64 px / 32
-    torch.testing.assert_close(probs, probability_model(images))
+    torch.testing.assert_close(probs, probability_model(images)[0])  # calibrated the same
     assert torch.all((cams >= 0) & (cams <= 1))
     assert not any(p.grad is not None for p in probability_model.parameters())  # no side effects
 

@@ -18,7 +18,7 @@ from crack.synthetic import draw_crack, make_image, make_texture
 @pytest.fixture(scope="module")
 def trained(trained_checkpoint):
     trained = load_trained_model(trained_checkpoint)
-    model = ProbabilityModel(trained.model.features, trained.model.head)
+    model = ProbabilityModel.of(trained.model)
     return trained, model
 
 
@@ -60,8 +60,9 @@ def test_torchscript_export_matches_pytorch(trained, tmp_path):
     path = export_torchscript(model, tmp_path / "m.pt", trained.preprocessing, trained.classes, 0.5)
     images, _ = parity_images(trained.root, trained.samples, trained.preprocessing, 8)
     assert max_abs_difference(model, path, images, "torchscript") < 1e-4
-    preprocessing, classes, threshold = parse_metadata(read_torchscript_metadata(path), str(path))
-    assert (preprocessing, classes, threshold) == (trained.preprocessing, trained.classes, 0.5)
+    metadata = parse_metadata(read_torchscript_metadata(path), str(path))
+    familiarity = float(model.familiarity.threshold)
+    assert metadata == (trained.preprocessing, trained.classes, 0.5, familiarity)
 
 
 def test_parity_images_stand_in_when_the_training_data_is_gone(trained, tmp_path):
@@ -73,3 +74,26 @@ def test_parity_images_stand_in_when_the_training_data_is_gone(trained, tmp_path
 def test_metadata_errors_name_the_fix():
     with pytest.raises(ValueError, match=r"lacks the metadata .*python export.py"):
         parse_metadata({"image_size": "224"}, "model='x.onnx'")
+
+
+def test_exports_carry_the_calibration_and_the_unfamiliar_score(trained_checkpoint, tmp_path):
+    """Temperature and familiarity statistics go into the file: both outputs match PyTorch."""
+    import torch
+
+    trained = load_trained_model(trained_checkpoint)
+    images, _ = parity_images(trained.root, trained.samples, trained.preprocessing, 8)
+    model = trained.model
+    with torch.no_grad():
+        model.temperature.fill_(2.5)
+        described = torch.randn(50, model.familiarity.mean.numel())
+        model.familiarity.fit(described, described[:10] + 1)
+    exported = ProbabilityModel.of(model)
+    path = export_onnx(exported, tmp_path / "c.onnx", trained.preprocessing, trained.classes, 0.3)
+    onnx_model = OnnxClassifier(path)
+    assert onnx_model.familiarity_threshold == pytest.approx(float(model.familiarity.threshold))
+    probs, scores = onnx_model(images)
+    with torch.inference_mode():
+        logits, expected_scores = model.eval().describe(images)
+    np.testing.assert_allclose(probs, torch.sigmoid(logits / 2.5).numpy(), atol=1e-4)
+    np.testing.assert_allclose(scores, expected_scores.numpy(), rtol=1e-3, atol=1e-3)
+    assert scores.std() > 0  # scores that differ between images

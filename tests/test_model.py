@@ -1,5 +1,7 @@
+import pytest
 import torch
 
+from crack.errors import UserError
 from crack.model import CrackClassifier
 
 
@@ -36,5 +38,28 @@ def test_scheduler_from_partial():
 def test_hparams_are_plain_data():
     model = CrackClassifier(weights=None, dropout=0.1)
     assert dict(model.hparams) == {
-        "weights": None, "weights_path": None, "dropout": 0.1, "pos_weight": None,
+        "backbone": "mobilenet_v2", "weights": None, "weights_path": None, "dropout": 0.1,
+        "pos_weight": None,
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("backbone", "blocks", "channels"),
+    [("mobilenet_v2", 19, 1280), ("mobilenet_v3_large", 17, 960), ("efficientnet_b0", 9, 1280)],
+)
+def test_every_backbone_keeps_the_contract(backbone, blocks, channels):
+    """features: a Sequential of blocks; the head sized to its channels; any cut point works."""
+    model = CrackClassifier(backbone=backbone, weights=None).eval()
+    assert isinstance(model.features, torch.nn.Sequential) and len(model.features) == blocks
+    assert model.head[3].in_features == channels
+    images = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        logits = model(images)
+        for block in (1, blocks - 1, blocks):
+            again = model.forward_from(model.features_until(images, block), block)
+            torch.testing.assert_close(again, logits, rtol=0, atol=1e-5)
+
+
+def test_unknown_backbone_is_refused_with_the_choices():
+    with pytest.raises(UserError, match="efficientnet_b0"):
+        CrackClassifier(backbone="resnet50", weights=None)

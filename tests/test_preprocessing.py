@@ -1,3 +1,4 @@
+import dataclasses
 import warnings
 
 import numpy as np
@@ -5,7 +6,14 @@ import pytest
 import torch
 from PIL import Image
 
-from crack.preprocessing import ImageTooLargeError, Preprocessing, load_rgb
+from crack.errors import UserError
+from crack.preprocessing import (
+    Augmentation,
+    ImageTooLargeError,
+    Preprocessing,
+    dihedral,
+    load_rgb,
+)
 
 
 def test_transform_resizes_and_normalises():
@@ -18,11 +26,45 @@ def test_transform_resizes_and_normalises():
 
 def test_augmentation_only_when_training_and_enabled():
     plain = Preprocessing(image_size=32)
-    assert not plain.augmentation.enabled
+    assert not plain.augmentation.enabled and plain.augmentation.variants() == [0]
     assert len(plain.transform(train=True).transforms) == len(plain.transform().transforms)
-    flipped = Preprocessing(image_size=32, augmentation={"hflip": True, "rotation": 10})
-    assert flipped.augmentation.enabled
-    assert len(flipped.transform(train=True).transforms) == len(flipped.transform().transforms) + 2
+    jitter = Preprocessing(image_size=32, augmentation={"brightness": 0.2, "hflip": True})
+    assert jitter.augmentation.enabled
+    assert len(jitter.transform(train=True).transforms) == len(jitter.transform().transforms) + 1
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(Augmentation)])
+def test_every_augmentation_field_counts_as_enabled(field):
+    """``enabled`` is derived: a new field can never be forgotten in it."""
+    default = getattr(Augmentation(), field)
+    if field == "rotation":
+        with pytest.raises(UserError, match="rot90"):  # black corners: refused
+            Augmentation(rotation=15)
+        return
+    changed = Augmentation(**{field: (not default) if isinstance(default, bool) else 0.1})
+    assert changed.enabled
+
+
+@pytest.mark.parametrize(
+    ("augment", "expected"),
+    [({}, [0]), ({"hflip": True}, [0, 4]), ({"vflip": True}, [0, 6]),
+     ({"hflip": True, "vflip": True}, [0, 2, 4, 6]), ({"rot90": True}, [0, 1, 2, 3]),
+     ({"rot90": True, "vflip": True}, list(range(8)))],
+)  # fmt: skip
+def test_orientation_variants_are_the_group_the_flags_generate(augment, expected):
+    variants = Augmentation(**augment).variants()
+    assert variants == expected
+    image = torch.arange(2 * 5 * 5).reshape(2, 5, 5)
+    seen = {tuple(dihedral(image, v).flatten().tolist()) for v in variants}
+    assert len(seen) == len(variants)  # distinct images
+    for a in variants:  # closed: turning a variant by another gives one of them
+        for b in variants:
+            again = tuple(dihedral(dihedral(image, a), b).flatten().tolist())
+            assert again in seen
+    if augment.get("hflip"):
+        assert tuple(image.flip(-1).flatten().tolist()) in seen
+    if augment.get("vflip"):
+        assert tuple(image.flip(-2).flatten().tolist()) in seen
 
 
 def test_round_trips_through_plain_dict():

@@ -50,10 +50,18 @@ def test_evaluation_report_files(images, tmp_path):
     metrics = evaluation_metrics(PROBS, LABELS)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
+    familiarity = torch.linspace(0, 2, len(LABELS))
+    unfamiliar = familiarity > 1.5
     written = write_evaluation_report(
-        run_dir, images, LABELS, PROBS, metrics, ["intact", "crack"], threshold=0.5
+        run_dir, images, LABELS, PROBS, metrics, ["intact", "crack"], 0.5, familiarity, unfamiliar
     )
-    names = {"predictions.csv", "confusion_matrix.png", "roc_pr.png", "errors.png"}
+    names = {
+        "predictions.csv",
+        "confusion_matrix.png",
+        "roc_pr.png",
+        "reliability.png",
+        "errors.png",
+    }
     assert {p.name for p in written} == names
     for name in names - {"predictions.csv"}:
         assert Image.open(run_dir / name).format == "PNG"
@@ -62,6 +70,8 @@ def test_evaluation_report_files(images, tmp_path):
     assert [int(r["label"]) for r in rows] == LABELS.tolist()
     assert [float(r["probability"]) for r in rows] == pytest.approx(PROBS.tolist())
     assert [int(r["predicted"]) for r in rows] == [1, 1, 0, 0, 1, 0]
+    assert [int(r["unfamiliar"]) for r in rows] == unfamiliar.int().tolist()
+    assert [float(r["familiarity"]) for r in rows] == pytest.approx(familiarity.tolist(), abs=1e-4)
     assert list(run_dir.glob("events.out.tfevents.*"))  # the figures, for TensorBoard
 
 

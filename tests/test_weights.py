@@ -3,6 +3,7 @@ import torch
 from torch.hub import load_state_dict_from_url
 from torchvision.models import mobilenet_v2
 
+from crack.backbones import get_backbone
 from crack.model import CrackClassifier
 from crack.weights import WeightsUnavailableError, torchvision_cache_path
 
@@ -53,9 +54,9 @@ def test_wrong_shapes_are_refused(tmp_path, reference_state):
 
 def test_not_a_mobilenet_file_is_refused(tmp_path):
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
-    with pytest.raises(ValueError, match="not a torchvision MobileNetV2"):
+    with pytest.raises(ValueError, match="not a torchvision mobilenet_v2"):
         CrackClassifier(weights=None, weights_path=str(tmp_path / "other.pth"))
-    with pytest.raises(FileNotFoundError, match="model.weights_path"):
+    with pytest.raises(ValueError, match="model.weights_path"):
         CrackClassifier(weights=None, weights_path=str(tmp_path / "missing.pth"))
 
 
@@ -65,14 +66,14 @@ def test_offline_download_names_cache_path_and_alternative(tmp_path, monkeypatch
         CrackClassifier(weights="IMAGENET1K_V1")
     message = str(error.value)
     expected = tmp_path / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth"
-    assert torchvision_cache_path("IMAGENET1K_V1") == expected
+    assert torchvision_cache_path(get_backbone("mobilenet_v2"), "IMAGENET1K_V1") == expected
     assert str(expected) in message and "model.weights_path" in message
 
 
 def test_weights_in_torch_cache_load_offline(tmp_path, monkeypatch, reference_state):
     """A file placed at the path the error names is used without any network access."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    path = torchvision_cache_path("IMAGENET1K_V1")
+    path = torchvision_cache_path(get_backbone("mobilenet_v2"), "IMAGENET1K_V1")
     path.parent.mkdir(parents=True)
     torch.save(reference_state, path)
     # torch.hub reads the cached file before it would download anything.

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.models import mobilenet_v2
 
-from crack import bench
+from benchmarks import training as bench
 
 ROWS = ("plain", "frozen", "frozen_reuse", "finetune", "finetune_reuse")
 

@@ -1,6 +1,6 @@
 """How fast training is, against the plain way and against one inference pass.
 
-    python -m crack.bench --data-root DIR --weights-path FILE --epochs N --image-size PX --out FILE.json
+    python -m benchmarks.training --data-root DIR --weights-path FILE --epochs N --image-size PX --out FILE.json
 
 In one process, on the same images, split and settings, each training run doing exactly N epochs
 (early stopping off) and then testing its best checkpoint, it times:
@@ -50,7 +50,7 @@ from crack.data import CrackDataModule, ImageFileDataset
 from crack.model import CrackClassifier
 from crack.splits import SPLITS, Sample
 
-log = logging.getLogger("crack.bench")
+log = logging.getLogger("benchmarks.training")
 
 ROOT = Path(__file__).resolve().parents[1]  # where train.py and conf/ live
 EXPERIMENTS = ("frozen", "finetune")
@@ -90,7 +90,7 @@ def run_experiment(experiment: str, overrides: Sequence[str], run_dir: Path, ima
     metrics_file = run_dir / "test_metrics.json"
     with open_dict(cfg):
         cfg.callbacks.bench_test_metrics = {
-            "_target_": "crack.bench.TestMetrics",
+            "_target_": "benchmarks.training.TestMetrics",
             "path": str(metrics_file),
         }
     HydraConfig.instance().set_config(cfg)
@@ -112,7 +112,7 @@ def _warm_up(workdir: Path, datamodule: CrackDataModule) -> None:
     for sample in datamodule.samples:
         (datamodule.root / sample.path).read_bytes()
     size = datamodule.preprocessing.image_size
-    batch = torch.zeros(datamodule.hparams.batch_size, 3, size, size)
+    batch = torch.zeros(datamodule.settings.batch_size, 3, size, size)
     for channels_last in (False, True):
         with torch.inference_mode():
             CrackClassifier(weights=None, channels_last=channels_last).eval()(batch)
@@ -197,13 +197,13 @@ def _image_folder_loader(datamodule: CrackDataModule, split: str, shuffle: bool)
         for i, (path, _) in enumerate(folder.samples)
         if prefix + Path(path).relative_to(root).as_posix() in wanted
     ]
-    batch_size = datamodule.hparams.batch_size
+    batch_size = datamodule.settings.batch_size
     return DataLoader(
         Subset(folder, indices),
         batch_size=batch_size,
         shuffle=shuffle,
         drop_last=shuffle and len(indices) > batch_size,
-        num_workers=datamodule.hparams.num_workers,
+        num_workers=datamodule.settings.num_workers,
     )
 
 
@@ -216,8 +216,8 @@ def inference_floor(
     images = ImageFileDataset(datamodule.root, samples, datamodule.preprocessing.transform())
     loader = DataLoader(
         images,
-        batch_size=datamodule.hparams.batch_size,
-        num_workers=datamodule.hparams.num_workers,
+        batch_size=datamodule.settings.batch_size,
+        num_workers=datamodule.settings.num_workers,
         pin_memory=device.type == "cuda",
     )
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
@@ -262,7 +262,7 @@ def machine() -> dict:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m crack.bench", description=__doc__.split("\n\n")[0]
+        prog="python -m benchmarks.training", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--data-root", required=True, help="folder of class folders of images")
     parser.add_argument("--weights-path", required=True, help="MobileNetV2 state_dict file")
@@ -314,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "finetune_head_epochs": head_epochs,
         "image_size": args.image_size,
         "batch_size": args.batch_size,
-        "num_workers": datamodule.hparams.num_workers,
+        "num_workers": datamodule.settings.num_workers,
         "device": str(device),
         "keep_freed_memory": malloc_tuned,
     }
@@ -323,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"model.weights_path={Path(args.weights_path).resolve()}",
         f"data.image_size={args.image_size}",
         f"data.batch_size={args.batch_size}",
-        f"data.num_workers={datamodule.hparams.num_workers}",
+        f"data.num_workers={datamodule.settings.num_workers}",
         f"data.cache_dir={cache_dir}",
         f"trainer.max_epochs={args.epochs}",
         "callbacks.early_stopping=null",

@@ -1,0 +1,161 @@
+"""What a trained model's outputs mean: a temperature for its probabilities and a threshold.
+
+Both are chosen on the validation split only, after training, and stored in the model itself
+(buffers of `crack.model.CrackClassifier`), so the checkpoint, eval.py, predict.py and the
+exported files all apply the same ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchmetrics.functional.classification import binary_calibration_error
+
+from crack.familiarity import block_statistics
+
+if TYPE_CHECKING:
+    from crack.model import CrackClassifier
+
+log = logging.getLogger(__name__)
+
+ECE_BINS = 15
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100) -> float:
+    """The temperature ``T`` minimising the BCE of ``sigmoid(logits / T)`` (temperature scaling).
+
+    One parameter, so it cannot overfit a small validation split much, and it never changes
+    which image scores higher than which (AUROC and the ranking stay as they are).
+    """
+    logits, labels = logits.detach().double().flatten(), labels.detach().double().flatten()
+    if labels.unique().numel() < 2:
+        return 1.0  # one class only: nothing says how sure the model should be
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    temperature = float(log_t.detach().exp())
+    # Clamped: a separable validation split drives T to 0 (infinitely sure), which no unseen
+    # photo deserves.
+    return min(max(temperature, 0.05), 20.0)
+
+
+def recall_threshold(probs: torch.Tensor, labels: torch.Tensor, recall: float) -> float:
+    """The highest threshold at which at least ``recall`` of the cracks score at or above it.
+
+    The most precise operating point that still misses at most ``1 - recall`` of the cracks of
+    the validation split. 0.5 when the split holds no crack.
+    """
+    positives = probs[labels == 1].double().sort(descending=True).values
+    if positives.numel() == 0:
+        return 0.5
+    needed = max(1, math.ceil(recall * positives.numel() - 1e-9))
+    return float(positives[needed - 1])
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """ECE with 15 equal-width bins (torchmetrics' definition)."""
+    return float(binary_calibration_error(probs, labels.long(), n_bins=ECE_BINS, norm="l1"))
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """``calibration.*`` in conf/train.yaml: how the operating point and the unfamiliar-photo
+    flag are chosen after training."""
+
+    recall: float = 0.95  # the threshold: the highest reaching this recall on validation
+    temperature: bool = True  # fit a temperature on validation (false: keep 1)
+    shrinkage: float = 0.5  # familiarity: covariance shrinkage towards the identity, 0..1
+    percentile: float = 99.0  # familiarity: flag above this percentile of validation scores
+    max_images: int = 2000  # familiarity: fit on at most this many training images
+
+
+def _described(model: CrackClassifier, images: Dataset, batch_size: int) -> torch.Tensor:
+    """The block statistics (`crack.familiarity.block_statistics`) of every image."""
+    rows = []
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for pixels, _ in DataLoader(images, batch_size=batch_size):
+            x = model._memory_format(pixels.to(model.device))
+            rows.append(block_statistics(model.features, x, model.statistics_blocks)[1].cpu())
+    model.train(was_training)
+    return torch.cat(rows)
+
+
+def calibrate(model: CrackClassifier, datamodule, settings: CalibrationSettings) -> dict:
+    """Fit temperature, threshold and familiarity of ``model`` on ``datamodule``'s validation
+    split (and training images, for familiarity); returns what was chosen, in plain numbers.
+
+    ``model.validation_logits`` must hold the validation split's logits of these weights (run
+    ``trainer.validate`` first).
+    """
+    logits = torch.cat([batch for batch, _ in model.validation_logits])
+    labels = torch.cat([batch for _, batch in model.validation_logits])
+    temperature = fit_temperature(logits, labels) if settings.temperature else 1.0
+    probs = torch.sigmoid(logits / temperature)
+    threshold = recall_threshold(probs, labels, settings.recall)
+    model.temperature.fill_(temperature)
+    model.threshold.fill_(threshold)
+
+    train = datamodule.split_samples("train")
+    step = max(1, math.ceil(len(train) / settings.max_images))
+    transform = datamodule.preprocessing.transform()
+    batch_size = datamodule.settings.batch_size
+    fit_on = _described(model, datamodule.files_dataset(transform, train[::step]), batch_size)
+    val = _described(
+        model, datamodule.files_dataset(transform, datamodule.split_samples("val")), batch_size
+    )
+    model.familiarity.fit(fit_on, val, settings.shrinkage, settings.percentile)
+    chosen = {
+        "temperature": temperature,
+        "threshold": threshold,
+        "recall_target": settings.recall,
+        "val_images": len(labels),
+        "val_ece_before": expected_calibration_error(torch.sigmoid(logits), labels),
+        "val_ece": expected_calibration_error(probs, labels),
+        "familiarity_threshold": float(model.familiarity.threshold),
+        "familiarity_fit_images": len(fit_on),
+    }
+    log.info(
+        "Calibrated on %d validation images: temperature %.3f (ECE %.4f -> %.4f), threshold "
+        "%.4f (recall >= %.2f); unfamiliar above a score of %.3f (%gth percentile of validation, "
+        "fitted on %d training images)",
+        chosen["val_images"], temperature, chosen["val_ece_before"], chosen["val_ece"],
+        threshold, settings.recall, chosen["familiarity_threshold"], settings.percentile,
+        len(fit_on),
+    )  # fmt: skip
+    return chosen
+
+
+CALIBRATION_KEYS = ("temperature", "threshold", "familiarity.")
+
+
+def write_calibration(path: str | Path, model: CrackClassifier, chosen: dict) -> None:
+    """Put ``model``'s calibration into the checkpoint file ``path`` (atomically)."""
+    path = Path(path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state = model.state_dict()
+    for key, value in state.items():
+        if key.startswith(CALIBRATION_KEYS):
+            checkpoint["state_dict"][key] = value.detach().cpu()
+    checkpoint["calibration"] = chosen
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        torch.save(checkpoint, partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

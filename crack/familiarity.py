@@ -1,0 +1,75 @@
+"""How unlike the training photos a photo is: a score, and the threshold past which it is flagged.
+
+A model trained on one surface answers with confidence on any photo, right or wrong. What it
+cannot see in its answer, it can see on the way: the mean and standard deviation of each
+channel's activation after a few intermediate blocks describe a photo's textures, colours and
+contrast at several scales. The training photos' descriptions form a cloud; the score of a photo
+is its Mahalanobis distance from that cloud (per dimension, so that its size does not depend on
+the backbone), with the covariance shrunk towards a multiple of the identity so that a few
+hundred photos are enough to fit it. The threshold is a high percentile of the validation
+photos' scores: photos the model was not trained on, but like those it was.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def block_statistics(
+    features: nn.Sequential, images: torch.Tensor, blocks: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output of ``features`` and, per image, the mean and standard deviation over the
+    pixels of each channel after each of ``blocks``, concatenated: (N, C, H, W), (N, D)."""
+    described = []
+    x = images
+    for index, block in enumerate(features):
+        x = block(x)
+        if index in blocks:
+            flat = x.float().flatten(2)
+            described += [flat.mean(2), flat.std(2, correction=0)]
+    return x, torch.cat(described, 1)
+
+
+class Familiarity(nn.Module):
+    """The score (`forward`) and flag (`unfamiliar`) of a photo's block statistics.
+
+    Fitted with `fit`; until then the score is 0 and nothing is flagged (``threshold`` inf).
+    The fitted statistics are buffers: they travel in the checkpoint and the exported model.
+    """
+
+    def __init__(self, dims: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dims))
+        self.register_buffer("precision", torch.zeros(dims, dims))
+        self.register_buffer("threshold", torch.tensor(float("inf")))
+
+    def forward(self, described: torch.Tensor) -> torch.Tensor:
+        """The score of each row of ``described``: 0 at the training photos' mean."""
+        centred = described.float() - self.mean
+        squared = ((centred @ self.precision) * centred).sum(1)
+        return (squared.clamp_min(0) / self.mean.numel()).sqrt()
+
+    def unfamiliar(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores > self.threshold
+
+    @torch.no_grad()
+    def fit(
+        self,
+        train: torch.Tensor,
+        val: torch.Tensor,
+        shrinkage: float = 0.5,
+        percentile: float = 99.0,
+    ) -> None:
+        """Fit mean and shrunk covariance on ``train``; threshold at ``percentile`` of ``val``."""
+        train = train.double()
+        mean = train.mean(0)
+        centred = train - mean
+        covariance = centred.T @ centred / max(1, len(train) - 1)
+        scale = covariance.diagonal().mean().clamp_min(1e-12)
+        eye = torch.eye(len(mean), dtype=torch.float64)
+        shrunk = (1 - shrinkage) * covariance + shrinkage * scale * eye
+        self.mean.copy_(mean.float())
+        self.precision.copy_(torch.linalg.inv(shrunk).float())
+        scores = self(val)
+        self.threshold.copy_(torch.quantile(scores.double(), percentile / 100).float())

@@ -1,0 +1,264 @@
+"""Arrays computed once and kept on disk, one row per image, checked before every reuse.
+
+A store is a folder ``<name>/`` holding ``data.npy`` (the rows) and ``record.json`` (what the
+rows depend on, their shape, dtype and SHA-256). ``name`` is a hash of that key, so any change
+of what the rows depend on selects another store and an unchanged setup finds the old one.
+
+A store is trusted only after it is checked: its record must match the key, the file's header
+the recorded shape and dtype, its size the header, and its bytes the recorded checksum. A store
+that fails is logged with the reason and rebuilt. It is built in a folder of its own under a
+temporary name, written with ordinary writes (a full disk is an ``OSError``, where a memory map
+would die of SIGBUS) and renamed into place whole, so readers never see a partial store and
+builders running at the same time never mix their rows. Leftovers of builds killed on this
+machine are removed before the next build.
+
+Knows nothing of Lightning or models: `crack.cache` decides what goes in a store.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from crack.errors import UserError
+from crack.preprocessing import dihedral
+from crack.splits import Sample
+
+log = logging.getLogger(__name__)
+
+DATA, RECORD = "data.npy", "record.json"
+_CHUNK = 16 * 2**20
+# Stores checked by this process, by (path, size, mtime): checked once, not at every stage.
+_checked: set[tuple[str, int, int]] = set()
+
+
+def default_cache_dir() -> Path:
+    """``$CRACK_CACHE_DIR``, else ``.cache/crack``."""
+    return Path(os.environ.get("CRACK_CACHE_DIR") or ".cache/crack")
+
+
+def files_digest(root: Path, samples: Sequence[Sample]) -> str:
+    """One SHA-256 of the samples' contents, in order: their own hashes, taken at indexing.
+
+    Samples restored from an older manifest may lack a hash; their file is hashed now.
+    """
+    digest = hashlib.sha256()
+    for s in samples:
+        sha = s.sha256 or hashlib.sha256((Path(root) / s.path).read_bytes()).hexdigest()
+        digest.update(f"{sha}\n".encode())
+    return digest.hexdigest()
+
+
+def _name(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _sha256(path: Path, offset: int) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        f.seek(offset)
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_store(folder: Path, key: dict) -> str | None:
+    """Why the store in ``folder`` cannot be trusted for ``key``, or None if it can."""
+    data, record_path = folder / DATA, folder / RECORD
+    if not data.is_file() or not record_path.is_file():
+        return "incomplete: data.npy or record.json is missing"
+    stat = data.stat()
+    if (str(data), stat.st_size, stat.st_mtime_ns) in _checked:
+        return None
+    try:
+        record = json.loads(record_path.read_text())
+        with data.open("rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read_header(f)
+            offset = f.tell()
+    except (OSError, ValueError, KeyError) as error:
+        return f"unreadable ({type(error).__name__}: {error})"
+    if record.get("key") != key:
+        return "its record is of other inputs"
+    if list(shape) != record["shape"] or str(dtype) != record["dtype"] or fortran:
+        return f"header says {shape} {dtype}, record says {record['shape']} {record['dtype']}"
+    expected = offset + int(np.prod(shape)) * dtype.itemsize
+    if stat.st_size != expected:
+        return f"{stat.st_size} bytes where its header implies {expected} (truncated?)"
+    if _sha256(data, offset) != record["sha256"]:
+        return "its contents do not match their recorded checksum (overwritten or corrupted)"
+    _checked.add((str(data), stat.st_size, stat.st_mtime_ns))
+    return None
+
+
+def _discard(folder: Path) -> None:
+    """Move a folder out of the way under a unique name, then delete it."""
+    trash = folder.with_name(f".{folder.name}.discarded.{socket.gethostname()}.{os.getpid()}")
+    try:
+        os.replace(folder, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_leftovers(folder: Path) -> None:
+    """Delete partial builds and discarded stores of processes of this machine that have ended."""
+    host = socket.gethostname()
+    for path in folder.glob(".*"):
+        parts = path.name.rsplit(".", 3)  # .<name>.<building|discarded>.<host>.<pid>
+        if len(parts) != 4 or parts[2] != host or not parts[3].isdigit():
+            continue
+        if int(parts[3]) == os.getpid() or not _pid_alive(int(parts[3])):
+            log.info("Removing %s, left by an interrupted build", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _write(folder: Path, key: dict, rows: int, batches: Iterator[np.ndarray]) -> None:
+    """Write ``rows`` rows from ``batches`` and their record into ``folder``."""
+    digest, filled, shape, dtype = hashlib.sha256(), 0, None, None
+    with (folder / DATA).open("wb") as f:
+        for batch in batches:
+            batch = np.ascontiguousarray(batch)
+            if shape is None:
+                shape, dtype = (rows, *batch.shape[1:]), batch.dtype
+                header = {
+                    "descr": np.lib.format.dtype_to_descr(dtype),
+                    "fortran_order": False,
+                    "shape": shape,
+                }
+                np.lib.format.write_array_header_1_0(f, header)
+            filled += len(batch)
+            if filled > rows or batch.shape[1:] != shape[1:] or batch.dtype != dtype:
+                raise RuntimeError(f"Building {folder}: a batch of {batch.shape} {batch.dtype}")
+            data = batch.tobytes()
+            f.write(data)
+            digest.update(data)
+        if filled != rows:
+            raise RuntimeError(f"Building {folder}: got {filled} rows, expected {rows}")
+        f.flush()
+        os.fsync(f.fileno())
+    record = {"key": key, "shape": list(shape), "dtype": str(dtype), "sha256": digest.hexdigest()}
+    (folder / RECORD).write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _no_room(error: OSError, folder: Path) -> UserError:
+    what = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded"}.get(
+        error.errno, f"cannot write ({error.strerror})"
+    )
+    return UserError(
+        f"Building a cache store in {folder}: {what}. Free some space, point data.cache_dir "
+        "at another folder, or turn the stores off with data.cache=false."
+    )
+
+
+def stored_array(
+    folder: Path, key: dict, rows: int, batches: Callable[[], Iterator[np.ndarray]]
+) -> tuple[Path, bool]:
+    """The checked ``data.npy`` of the store for ``key`` under ``folder``, built unless valid.
+
+    Returns its path and whether it was reused.
+    """
+    store = folder / _name(key)
+    problem = check_store(store, key)
+    if problem is None:
+        return store / DATA, True
+    if store.exists():
+        log.warning("The cache store %s is %s: rebuilding it", store, problem)
+        _discard(store)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        clean_leftovers(folder)
+        partial = folder / f".{store.name}.building.{socket.gethostname()}.{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        try:
+            _write(partial, key, rows, batches())
+            os.rename(partial, store)
+        except OSError as error:
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            # Another process finished the same store first: use theirs once it checks out.
+            if (problem := check_store(store, key)) is not None:
+                raise RuntimeError(
+                    f"The cache store {store} built meanwhile is {problem}"
+                ) from None
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise _no_room(error, folder) from error
+        raise
+    check_store(store, key)  # remember it as checked
+    return store / DATA, False
+
+
+class StoredDataset(Dataset):
+    """Rows ``rows`` of a stored array, each with its label, through ``transform``.
+
+    An index may be ``(i, variant)`` (see `crack.sampling.EpochShuffle`). With ``variants``
+    each row holds the listed variants already (the frozen blocks' outputs of each orientation,
+    in that order) and ``variant`` picks one; without, the row is an image and is turned into
+    ``variant`` by `dihedral` after ``transform``, as `crack.data.ImageFileDataset` does.
+    The array is memory-mapped on first use in each process, so DataLoader workers map the file
+    themselves instead of receiving a copy of it.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        labels: Sequence[int],
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        rows: Sequence[int] | None = None,
+        variants: Sequence[int] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.labels = list(labels)
+        self.transform = transform
+        self.rows = list(range(len(self.labels)) if rows is None else rows)
+        # Where each variant lies along a row's first axis.
+        self.position = None if variants is None else {v: i for i, v in enumerate(variants)}
+        if len(self.rows) != len(self.labels):
+            raise ValueError(f"{len(self.rows)} rows but {len(self.labels)} labels")
+        self._array: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, variant = key if isinstance(key, tuple) else (key, 0)
+        if self._array is None:
+            self._array = np.load(self.path, mmap_mode="r")
+        row = self._array[self.rows[index]]
+        label = self.labels[index]
+        if self.position is not None:  # np.array: a copy, the map is read-only
+            return self.transform(torch.from_numpy(np.array(row[self.position[variant]]))), label
+        return dihedral(self.transform(torch.from_numpy(np.array(row))), variant), label
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_array": None}

@@ -1,0 +1,73 @@
+"""The unfamiliar-photo score: photos unlike the training ones are flagged, like ones are not."""
+
+import numpy as np
+import torch
+from PIL import Image
+
+from crack.checkpoint import load_trained_model
+from crack.familiarity import Familiarity, block_statistics
+from crack.synthetic import make_image
+
+
+def test_fit_puts_the_threshold_at_the_validation_percentile():
+    generator = torch.Generator().manual_seed(0)
+    train, val = torch.randn(400, 8, generator=generator), torch.randn(200, 8, generator=generator)
+    familiarity = Familiarity(8)
+    assert not familiarity.unfamiliar(familiarity(val * 100)).any()  # unfitted: flags nothing
+    familiarity.fit(train, val, shrinkage=0.1, percentile=95)
+    assert familiarity.unfamiliar(familiarity(val)).float().mean() == 0.05
+    shifted = torch.randn(200, 8, generator=generator) + 3
+    assert familiarity.unfamiliar(familiarity(shifted)).float().mean() > 0.95
+
+
+def _described(model, images):
+    with torch.inference_mode():
+        return block_statistics(model.features, images, model.statistics_blocks)[1]
+
+
+def _batch(trained, pictures):
+    transform = trained.preprocessing.transform()
+    return torch.stack([transform(p) for p in pictures])
+
+
+def test_photos_unlike_the_training_photos_are_flagged(trained_checkpoint):
+    """Fitted on synthetic concrete, the score flags red brick walls and colour noise, not new
+    concrete photos."""
+    trained = load_trained_model(trained_checkpoint)
+    model = trained.model.eval()
+    rng = np.random.default_rng(5)
+
+    def concrete(n):
+        return _batch(trained, [make_image(rng, 32, crack=i % 2 == 0) for i in range(n)])
+
+    def bricks(n):
+        pictures = []
+        for _ in range(n):
+            pixels = np.zeros((32, 32, 3), int)
+            pixels[:] = (rng.integers(150, 200), rng.integers(40, 80), rng.integers(30, 60))
+            pixels[::8] = 40  # mortar rows
+            pixels[:, rng.integers(0, 8) :: 11] = 40  # and joints
+            pixels += rng.integers(-20, 20, pixels.shape)
+            pictures.append(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)))
+        return _batch(trained, pictures)
+
+    def noise(n):
+        return _batch(
+            trained,
+            [Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)) for _ in range(n)],
+        )
+
+    model.familiarity.fit(_described(model, concrete(200)), _described(model, concrete(100)))
+    scores = {name: model.familiarity(_described(model, make(100))) for name, make in
+              (("concrete", concrete), ("bricks", bricks), ("noise", noise))}  # fmt: skip
+    flagged = {
+        name: float(model.familiarity.unfamiliar(s).float().mean()) for name, s in scores.items()
+    }
+    assert flagged["concrete"] <= 0.05, flagged
+    assert flagged["bricks"] >= 0.9 and flagged["noise"] >= 0.9, flagged
+
+    # predict_step gives the same scores in one pass with the probabilities.
+    images = bricks(4)
+    probs, again = model.predict_step(images, 0)
+    torch.testing.assert_close(again, model.familiarity(_described(model, images)))
+    assert probs.shape == (4,)
