@@ -1,5 +1,6 @@
 import logging
 import warnings
+from pathlib import Path
 
 from crack.console import ParameterSummary, epoch_description, quiet_lightning
 
@@ -43,3 +44,16 @@ def test_model_summary_has_no_column_of_zero_flops(capsys):
     out = capsys.readouterr().out
     assert "FLOPs" not in out and "features" in out and "Sequential" in out
     assert "Trainable params: 1.3 K, non-trainable: 2.2 M, total: 2.2 M" in out
+
+
+def test_the_progress_bar_follows_the_trainer_setting():
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from crack.console import ProgressBar
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    for overrides, shown in ([], True), (["+trainer.enable_progress_bar=false"], False):
+        with initialize_config_dir(str(conf), version_base="1.3"):
+            cfg = compose("train", overrides=overrides)
+        assert isinstance(instantiate(cfg.callbacks.progress_bar), ProgressBar) == shown
