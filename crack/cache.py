@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from crack.data import ImageFileDataset, StoredInputs
 from crack.preprocessing import Augmentation, Preprocessing, dihedral
 from crack.splits import Sample
-from crack.store import files_digest, stored_array
+from crack.store import files_digest, stored_arrays
 
 log = logging.getLogger(__name__)
 
@@ -122,14 +122,14 @@ def image_store(
     """
     start = time.perf_counter()
 
-    def batches() -> Iterator[np.ndarray]:
+    def batches() -> Iterator[dict[str, np.ndarray]]:
         for pixels, _ in _loader(images, batch_size, num_workers):
-            yield pixels.numpy()
+            yield {"images": pixels.numpy()}
 
     key = _images_key(images.root, images.samples, image_size)
-    path, reused = stored_array(cache_dir / "images", key, len(images), batches)
-    _log_store("Decoded images", path, reused, start)
-    return path
+    arrays, reused = stored_arrays(cache_dir / "images", key, len(images), batches)
+    _log_store("Decoded images", arrays["images"], reused, start)
+    return arrays["images"]
 
 
 def feature_store(
@@ -141,17 +141,21 @@ def feature_store(
     batch_size: int,
     num_workers: int,
     variants: Sequence[int] = (0,),
-) -> Path:
+) -> dict[str, Path]:
     """``model.features_until(dihedral(image, v), block)`` for every image and each ``v``.
 
-    Rows are (len(variants), *output shape). ``images`` must return ``preprocessing.transform()``
-    of each file. The blocks run in eval mode (as StagedUnfreezing keeps frozen blocks), on the
-    model's device, in float32; the rows are stored as `feature_dtype`.
+    Returns the paths of the arrays: ``features``, rows of (len(variants), *output shape), and,
+    when the model's ``statistics_blocks`` are all frozen (below ``block``), ``statistics``:
+    each image's block statistics for the unfamiliar-photo score (`crack.familiarity`), got in
+    the same pass. ``images`` must return ``preprocessing.transform()`` of each file. The
+    blocks run in eval mode (as StagedUnfreezing keeps frozen blocks), on the model's device,
+    in float32; the features are stored as `feature_dtype`.
     """
     start = time.perf_counter()
     prefix = model.features[:block]
     pooled = block == len(model.features)
     dtype = feature_dtype(pooled)
+    statistics = max(model.statistics_blocks) < block
     key = {
         **_images_key(images.root, images.samples, preprocessing.image_size),
         "mean": list(preprocessing.mean),
@@ -159,23 +163,33 @@ def feature_store(
         "block": block,
         "pooled": pooled,
         "variants": list(variants),
+        "statistics_blocks": list(model.statistics_blocks) if statistics else None,
         "weights_sha256": state_digest(prefix),
         "dtype": str(dtype),
         "torch": torch.__version__,
     }
 
-    def batches() -> Iterator[np.ndarray]:
+    def batches() -> Iterator[dict[str, np.ndarray]]:
         prefix.eval()
         with torch.inference_mode():
             for pixels, _ in _loader(images, batch_size, num_workers):
                 pixels = pixels.to(model.device)
-                outputs = [model.features_until(dihedral(pixels, v), block) for v in variants]
-                yield torch.stack(outputs, 1).to("cpu", dtype).numpy()
+                rows = {}
+                if statistics:  # of the image as it is: variants[0] is always 0
+                    first, described = model.features_until(pixels, block, statistics=True)
+                    rows["statistics"] = described.cpu().numpy()
+                outputs = [first] if statistics else []
+                outputs += [
+                    model.features_until(dihedral(pixels, v), block)
+                    for v in variants[len(outputs) :]
+                ]
+                rows["features"] = torch.stack(outputs, 1).to("cpu", dtype).numpy()
+                yield rows
 
-    path, reused = stored_array(cache_dir / "features", key, len(images), batches)
+    arrays, reused = stored_arrays(cache_dir / "features", key, len(images), batches)
     shown = f" in {len(variants)} orientations" if len(variants) > 1 else ""
-    _log_store(f"Outputs of features[:{block}]{shown}", path, reused, start)
-    return path
+    _log_store(f"Outputs of features[:{block}]{shown}", arrays["features"], reused, start)
+    return arrays
 
 
 def _log_store(what: str, path: Path, reused: bool, start: float) -> None:
@@ -240,10 +254,10 @@ class FeatureCache(L.Callback):
         if plan.block:
             images = datamodule.files_dataset(preprocessing.transform())
             variants = preprocessing.augmentation.variants()
-            path = feature_store(
+            arrays = feature_store(
                 cache_dir, images, preprocessing, model, plan.block, batch, workers, variants
             )
-            return StoredInputs(path, features=True, variants=tuple(variants))
+            return StoredInputs(arrays["features"], True, tuple(variants), arrays.get("statistics"))
         images = datamodule.files_dataset(preprocessing.resize())
         return StoredInputs(
             image_store(cache_dir, images, preprocessing.image_size, batch, workers)

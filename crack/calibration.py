@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.functional.classification import binary_calibration_error
@@ -94,6 +95,24 @@ def _described(model: CrackClassifier, images: Dataset, batch_size: int) -> torc
             rows.append(block_statistics(model.features, x, model.statistics_blocks)[1].cpu())
     model.train(was_training)
     return torch.cat(rows)
+
+
+def _statistics(
+    model: CrackClassifier, datamodule, split: str, at_most: int | None = None
+) -> torch.Tensor:
+    """The block statistics of (at most ``at_most``, evenly spread) images of ``split``: read
+    from the feature store when it holds them (computed in the pass that built it), else
+    computed from the files."""
+    rows = [i for i, s in enumerate(datamodule.samples) if s.split == split]
+    if at_most is not None:
+        rows = rows[:: max(1, math.ceil(len(rows) / at_most))]
+    stored = datamodule.stored
+    if stored is not None and stored.statistics is not None:
+        return torch.from_numpy(np.load(stored.statistics, mmap_mode="r")[rows]).float()
+    images = datamodule.files_dataset(
+        datamodule.preprocessing.transform(), [datamodule.samples[i] for i in rows]
+    )
+    return _described(model, images, datamodule.settings.batch_size)
 
 
 def calibrate(model: CrackClassifier, datamodule, settings: CalibrationSettings) -> dict:

@@ -63,6 +63,7 @@ class StoredInputs:
     path: Path
     features: bool = False
     variants: tuple[int, ...] = (0,)  # the orientations stored per image (features only)
+    statistics: Path | None = None  # each image's block statistics (crack.familiarity), if stored
 
 
 def to_float32(x: torch.Tensor) -> torch.Tensor:

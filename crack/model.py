@@ -147,15 +147,24 @@ class CrackClassifier(L.LightningModule):
         """Crack logits, shape (N,)."""
         return self.forward_from(images, 0)
 
-    def features_until(self, images: torch.Tensor, block: int) -> torch.Tensor:
-        """The activation entering ``features[block]``, as ``forward_from(..., block)`` takes it.
+    def features_until(
+        self, images: torch.Tensor, block: int, statistics: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The activation entering ``features[block]``, as ``forward_from(..., block)`` takes it;
+        with ``statistics``, also the photos' block statistics (`crack.familiarity`), which need
+        every ``statistics_blocks`` below ``block``.
 
         At ``block == len(features)`` it is the backbone's output already average-pooled, shape
-        (N, channels, 1, 1): pooling is the head's first step, has no parameters, and is the identity
-        on a 1x1 map, so ``forward_from`` runs the unchanged head on it.
+        (N, channels, 1, 1): pooling is the head's first step, has no parameters, and is the
+        identity on a 1x1 map, so ``forward_from`` runs the unchanged head on it.
         """
-        x = self.features[:block](self._memory_format(images))
-        return self.head[0](x) if block == len(self.features) else x
+        x = self._memory_format(images)
+        if statistics:
+            x, described = block_statistics(self.features[:block], x, self.statistics_blocks)
+        else:
+            x = self.features[:block](x)
+        x = self.head[0](x) if block == len(self.features) else x
+        return (x, described) if statistics else x
 
     def forward_from(self, x: torch.Tensor, block: int) -> torch.Tensor:
         """Crack logits, shape (N,), from ``x = features_until(images, block)``."""

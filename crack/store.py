@@ -1,7 +1,8 @@
 """Arrays computed once and kept on disk, one row per image, checked before every reuse.
 
-A store is a folder ``<name>/`` holding ``data.npy`` (the rows) and ``record.json`` (what the
-rows depend on, their shape, dtype and SHA-256). ``name`` is a hash of that key, so any change
+A store is a folder ``<name>/`` holding one or more arrays ``<array>.npy`` with a row per image
+(e.g. ``features.npy`` and ``statistics.npy``) and ``record.json`` (what the rows depend on, and
+each array's shape, dtype and SHA-256). ``name`` is a hash of that key, so any change
 of what the rows depend on selects another store and an unchanged setup finds the old one.
 
 A store is trusted only after it is checked: its record must match the key, the file's header
@@ -37,7 +38,7 @@ from crack.splits import Sample
 
 log = logging.getLogger(__name__)
 
-DATA, RECORD = "data.npy", "record.json"
+RECORD = "record.json"
 _CHUNK = 16 * 2**20
 # Stores checked by this process, by (path, size, mtime): checked once, not at every stage.
 _checked: set[tuple[str, int, int]] = set()
@@ -73,38 +74,54 @@ def _sha256(path: Path, offset: int) -> str:
     return digest.hexdigest()
 
 
-def check_store(folder: Path, key: dict) -> str | None:
-    """Why the store in ``folder`` cannot be trusted for ``key``, or None if it can."""
-    data, record_path = folder / DATA, folder / RECORD
-    if not data.is_file() or not record_path.is_file():
-        return "incomplete: data.npy or record.json is missing"
-    stat = data.stat()
-    if (str(data), stat.st_size, stat.st_mtime_ns) in _checked:
+def _check_array(path: Path, recorded: dict) -> str | None:
+    """Why the array file ``path`` does not match its record, or None."""
+    stat = path.stat()
+    if (str(path), stat.st_size, stat.st_mtime_ns) in _checked:
         return None
-    try:
-        record = json.loads(record_path.read_text())
-        with data.open("rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, fortran, dtype = read_header(f)
-            offset = f.tell()
-    except (OSError, ValueError, KeyError) as error:
-        return f"unreadable ({type(error).__name__}: {error})"
-    if record.get("key") != key:
-        return "its record is of other inputs"
-    if list(shape) != record["shape"] or str(dtype) != record["dtype"] or fortran:
-        return f"header says {shape} {dtype}, record says {record['shape']} {record['dtype']}"
+    with path.open("rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+    if list(shape) != recorded["shape"] or str(dtype) != recorded["dtype"] or fortran:
+        return f"header says {shape} {dtype}, record says {recorded['shape']} {recorded['dtype']}"
     expected = offset + int(np.prod(shape)) * dtype.itemsize
     if stat.st_size != expected:
         return f"{stat.st_size} bytes where its header implies {expected} (truncated?)"
-    if _sha256(data, offset) != record["sha256"]:
+    if _sha256(path, offset) != recorded["sha256"]:
         return "its contents do not match their recorded checksum (overwritten or corrupted)"
-    _checked.add((str(data), stat.st_size, stat.st_mtime_ns))
+    _checked.add((str(path), stat.st_size, stat.st_mtime_ns))
     return None
+
+
+def check_store(folder: Path, key: dict) -> str | None:
+    """Why the store in ``folder`` cannot be trusted for ``key``, or None if it can."""
+    record_path = folder / RECORD
+    if not record_path.is_file():
+        return "incomplete: record.json is missing"
+    try:
+        record = json.loads(record_path.read_text())
+        if record.get("key") != key:
+            return "its record is of other inputs"
+        for name, recorded in record["arrays"].items():
+            path = folder / f"{name}.npy"
+            if not path.is_file():
+                return f"incomplete: {path.name} is missing"
+            if (problem := _check_array(path, recorded)) is not None:
+                return f"{path.name}: {problem}"
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"unreadable ({type(error).__name__}: {error})"
+    return None
+
+
+def _arrays(folder: Path) -> dict[str, Path]:
+    record = json.loads((folder / RECORD).read_text())
+    return {name: folder / f"{name}.npy" for name in record["arrays"]}
 
 
 def _discard(folder: Path) -> None:
@@ -139,31 +156,64 @@ def clean_leftovers(folder: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _write(folder: Path, key: dict, rows: int, batches: Iterator[np.ndarray]) -> None:
-    """Write ``rows`` rows from ``batches`` and their record into ``folder``."""
-    digest, filled, shape, dtype = hashlib.sha256(), 0, None, None
-    with (folder / DATA).open("wb") as f:
+class _ArrayWriter:
+    """One ``.npy`` file written row batch by row batch with plain writes, hashed on the way."""
+
+    def __init__(self, path: Path, rows: int, first: np.ndarray) -> None:
+        self.path, self.rows, self.filled = path, rows, 0
+        self.shape, self.dtype = (rows, *first.shape[1:]), first.dtype
+        self.digest = hashlib.sha256()
+        self.file = path.open("wb")
+        header = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": self.shape,
+        }
+        np.lib.format.write_array_header_1_0(self.file, header)
+
+    def write(self, batch: np.ndarray) -> None:
+        batch = np.ascontiguousarray(batch)
+        self.filled += len(batch)
+        if (
+            self.filled > self.rows
+            or batch.shape[1:] != self.shape[1:]
+            or batch.dtype != self.dtype
+        ):
+            raise RuntimeError(f"Building {self.path}: a batch of {batch.shape} {batch.dtype}")
+        data = batch.tobytes()
+        self.file.write(data)
+        self.digest.update(data)
+
+    def close(self) -> dict:
+        """Flush to disk; the array's record."""
+        try:
+            if self.filled != self.rows:
+                raise RuntimeError(
+                    f"Building {self.path}: got {self.filled} rows, expected {self.rows}"
+                )
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        finally:
+            self.file.close()
+        return {
+            "shape": list(self.shape),
+            "dtype": str(self.dtype),
+            "sha256": self.digest.hexdigest(),
+        }
+
+
+def _write(folder: Path, key: dict, rows: int, batches: Iterator[dict[str, np.ndarray]]) -> None:
+    """Write ``rows`` rows of each named array from ``batches`` and their record into ``folder``."""
+    writers: dict[str, _ArrayWriter] = {}
+    try:
         for batch in batches:
-            batch = np.ascontiguousarray(batch)
-            if shape is None:
-                shape, dtype = (rows, *batch.shape[1:]), batch.dtype
-                header = {
-                    "descr": np.lib.format.dtype_to_descr(dtype),
-                    "fortran_order": False,
-                    "shape": shape,
-                }
-                np.lib.format.write_array_header_1_0(f, header)
-            filled += len(batch)
-            if filled > rows or batch.shape[1:] != shape[1:] or batch.dtype != dtype:
-                raise RuntimeError(f"Building {folder}: a batch of {batch.shape} {batch.dtype}")
-            data = batch.tobytes()
-            f.write(data)
-            digest.update(data)
-        if filled != rows:
-            raise RuntimeError(f"Building {folder}: got {filled} rows, expected {rows}")
-        f.flush()
-        os.fsync(f.fileno())
-    record = {"key": key, "shape": list(shape), "dtype": str(dtype), "sha256": digest.hexdigest()}
+            for name, values in batch.items():
+                if name not in writers:
+                    writers[name] = _ArrayWriter(folder / f"{name}.npy", rows, values)
+                writers[name].write(values)
+    finally:
+        arrays = {name: writer.close() for name, writer in writers.items()}
+    record = {"key": key, "arrays": arrays}
     (folder / RECORD).write_text(json.dumps(record, indent=1) + "\n")
 
 
@@ -177,17 +227,18 @@ def _no_room(error: OSError, folder: Path) -> UserError:
     )
 
 
-def stored_array(
-    folder: Path, key: dict, rows: int, batches: Callable[[], Iterator[np.ndarray]]
-) -> tuple[Path, bool]:
-    """The checked ``data.npy`` of the store for ``key`` under ``folder``, built unless valid.
+def stored_arrays(
+    folder: Path, key: dict, rows: int, batches: Callable[[], Iterator[dict[str, np.ndarray]]]
+) -> tuple[dict[str, Path], bool]:
+    """The checked arrays of the store for ``key`` under ``folder``, built unless valid.
 
-    Returns its path and whether it was reused.
+    ``batches()`` yields ``{array name: rows}`` dicts. Returns each array's path and whether
+    the store was reused.
     """
     store = folder / _name(key)
     problem = check_store(store, key)
     if problem is None:
-        return store / DATA, True
+        return _arrays(store), True
     if store.exists():
         log.warning("The cache store %s is %s: rebuilding it", store, problem)
         _discard(store)
@@ -215,7 +266,7 @@ def stored_array(
             raise _no_room(error, folder) from error
         raise
     check_store(store, key)  # remember it as checked
-    return store / DATA, False
+    return _arrays(store), False
 
 
 class StoredDataset(Dataset):

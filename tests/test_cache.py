@@ -94,8 +94,8 @@ def test_stored_features_give_the_same_logits(backbone, tiny_dataset, tmp_path, 
     dm = _datamodule(tiny_dataset, tmp_path)
     dm.setup()
     images = ImageFileDataset(dm.root, dm.samples, dm.preprocessing.transform())
-    path = feature_store(tmp_path, images, dm.preprocessing, model, block, 8, 0)
-    stored = np.load(path)
+    arrays = feature_store(tmp_path, images, dm.preprocessing, model, block, 8, 0)
+    stored = np.load(arrays["features"])
     assert stored.dtype == dtype and stored.shape[:2] == (len(dm.samples), 1)  # one orientation
     stored = stored[:, 0]
 
@@ -107,6 +107,12 @@ def test_stored_features_give_the_same_logits(backbone, tiny_dataset, tmp_path, 
     assert scale > 2 and direct.std() > 1  # logits that vary across images
     torch.testing.assert_close(cached, direct, rtol=0, atol=float(5e-4 * scale))
     assert torch.equal(cached > 0, direct > 0)
+    # The unfamiliar-photo statistics come from the same pass, as the model computes them.
+    with torch.inference_mode():
+        _, described = model.features_until(batch, len(model.features), statistics=True)
+    stored_statistics = torch.from_numpy(np.load(arrays["statistics"]))
+    assert stored_statistics.shape == described.shape == (len(batch), 752)
+    torch.testing.assert_close(stored_statistics, described, rtol=1e-3, atol=1e-4)  # batches of 8
 
 
 @pytest.mark.parametrize(
@@ -130,7 +136,8 @@ def test_training_on_stored_features_follows_the_same_trajectory(
 
     (plain_losses, plain, _), (cached_losses, cached, trainer) = runs[False], runs[True]
     drawn = {key[1] for key in trainer.train_dataloader.sampler if isinstance(key, tuple)}
-    assert len(drawn) == len(Augmentation(**augment).variants()) if augment else not drawn
+    variants = set(Augmentation(**augment).variants())
+    assert (len(drawn) > 1 and drawn <= variants) if augment else not drawn
     assert cached.input_block == (17 if milestones else 19)
     assert isinstance(trainer.train_dataloader.dataset, StoredDataset)
     assert len(cached_losses) == len(plain_losses) == 8
@@ -180,7 +187,9 @@ def test_feature_store_is_reused_and_rebuilt_exactly_when_its_inputs_change(
         test = dm.split_samples("test")
         images = ImageFileDataset(dm.root, test, dm.preprocessing.transform())
         variants = dm.preprocessing.augmentation.variants()
-        return feature_store(cache, images, dm.preprocessing, model, block, 8, 0, variants)
+        return feature_store(cache, images, dm.preprocessing, model, block, 8, 0, variants)[
+            "features"
+        ]
 
     first = store()
     built = first.stat().st_mtime_ns

@@ -7,6 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
+from crack.cache import FeatureCache
 from crack.callbacks import StagedUnfreezing
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -46,6 +47,19 @@ def test_experiment_composes_and_instantiates(experiment, tiny_dataset, tmp_path
         assert cfg.trainer.max_epochs == 25
     if experiment == "demo":
         assert not staged and cfg.model.weights is None
+    (cache,) = [c for c in callbacks if isinstance(c, FeatureCache)]
+    # The feature cache reads the same milestones as the staged unfreezing (None: none at all).
+    expected = (
+        None if experiment == "demo" else max((m.blocks for m in staged[0].milestones), default=0)
+    )
+    assert cache.trainable_blocks == expected and cache.enabled is True
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0"])
+def test_backbone_is_a_config_choice(backbone, tmp_path):
+    cfg = _compose("train", [f"model.backbone={backbone}", "model.weights=null"])
+    model = instantiate(cfg.model, _convert_="all")
+    assert model.hparams.backbone == backbone
 
 
 @pytest.mark.parametrize("scheduler", ["cosine", "plateau"])
@@ -57,7 +71,7 @@ def test_schedulers_compose(scheduler, tmp_path):
 
 def test_eval_config_composes():
     cfg = _compose("eval", ["ckpt=some.ckpt"])
-    assert cfg.ckpt == "some.ckpt" and cfg.threshold == 0.5
+    assert cfg.ckpt == "some.ckpt" and cfg.threshold is None  # the checkpoint's own
 
 
 def test_machine_dependent_defaults(monkeypatch):

@@ -20,8 +20,8 @@ from crack.synthetic import draw_crack, make_image, make_texture
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS_KEYS = {
-    "accuracy", "precision", "recall", "f1", "auroc", "average_precision", "num_images",
-    "confusion_matrix",
+    "accuracy", "balanced_accuracy", "precision", "recall", "f1", "auroc", "average_precision",
+    "ece", "threshold", "unfamiliar_fraction", "num_images", "confusion_matrix",
 }  # fmt: skip
 
 
@@ -98,7 +98,20 @@ def test_eval_reproduces_the_test_metrics(demo_run):
     report = (demo_run / "eval" / "report.html").read_text()
     assert "Evaluation report" in report and "<th>num_images</th><td>6</td>" in report
     rows = list(csv.DictReader((demo_run / "eval" / "predictions.csv").open()))
-    assert len(rows) == 6 and set(rows[0]) == {"path", "label", "probability", "predicted"}
+    assert len(rows) == 6
+    assert set(rows[0]) == {
+        "path",
+        "label",
+        "probability",
+        "predicted",
+        "familiarity",
+        "unfamiliar",
+    }
+    # The operating point chosen on validation and stored in the checkpoint, not 0.5.
+    stored = torch.load(ckpt, weights_only=True)
+    assert metrics["threshold"] == pytest.approx(float(stored["state_dict"]["threshold"]))
+    assert metrics["threshold"] == pytest.approx(stored["calibration"]["threshold"])
+    assert metrics["threshold"] != 0.5
     assert all(Path(r["path"]).is_file() for r in rows)
     assert list((demo_run / "eval").glob("events.out.tfevents.*"))
     printed = printed_test_metrics((demo_run / "stdout.txt").read_text())
@@ -213,3 +226,31 @@ def test_predict_fails_only_when_no_file_is_readable(demo_run, tmp_path):
     assert "None of the 1 files" in result.stderr and "could be read" in result.stderr
     rows = list(csv.DictReader((tmp_path / "out" / "predictions.csv").open()))
     assert len(rows) == 1 and "UnidentifiedImageError" in rows[0]["error"]
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v3_large", "efficientnet_b0"])
+def test_other_backbones_train_evaluate_export_and_predict(backbone, tmp_path):
+    """model.backbone=NAME: the whole path, staged unfreezing (and so the feature cache at a
+    cut inside the backbone) included, on each backbone's own blocks."""
+    run_dir = tmp_path / "run"
+    trained = run(
+        "train.py", "experiment=finetune", "head_epochs=1", "trainer.max_epochs=2",
+        f"model.backbone={backbone}", "model.weights=null", f"data.root={tmp_path / 'data'}",
+        "+data.synthetic={n_per_class:20,image_size:32,seed:0}", "data.image_size=32",
+        "data.batch_size=16", "data.num_workers=0", f"hydra.run.dir={run_dir}",
+    )  # fmt: skip
+    assert "Feature cache on" in (run_dir / "train.log").read_text()
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    assert torch.load(ckpt, weights_only=True)["hyper_parameters"]["backbone"] == backbone
+    assert "Test metrics of the best checkpoint" in trained.stdout
+    run("eval.py", f"ckpt={ckpt}", f"hydra.run.dir={tmp_path / 'eval'}", "data.num_workers=0")
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_images"] == 4
+    exported = run("export.py", f"ckpt={ckpt}", f"hydra.run.dir={tmp_path / 'export'}")
+    assert "Parity check passed." in exported.stdout
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    make_image(np.random.default_rng(0), 32, crack=True).save(photos / "a.png")
+    predicted = run(
+        "predict.py", f"ckpt={ckpt}", f"input={photos}", f"hydra.run.dir={tmp_path / 'predict'}"
+    )
+    assert "1 files: 1 read, 0 unreadable." in predicted.stdout
