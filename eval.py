@@ -17,6 +17,7 @@ from crack.atomic import atomic_write
 from crack.checkpoint import load_trained_model
 from crack.data import CrackDataModule
 from crack.errors import UserError, user_errors
+from crack.field_report import write_evaluation_html
 from crack.metrics import evaluation_metrics, format_metrics, unfamiliar_summary
 from crack.report import write_evaluation_report
 
@@ -64,6 +65,13 @@ def evaluate(cfg: DictConfig) -> dict:
     report = write_evaluation_report(
         run_dir, paths, labels, probs, metrics, trained.classes, threshold, familiarity,
         unfamiliar, cfg.max_errors,
+    )  # fmt: skip
+    about = {"checkpoint": str(cfg.ckpt), "data": str(root)}
+    report.append(
+        write_evaluation_html(
+            run_dir, paths, labels, probs, metrics, trained.classes, threshold, cfg.max_errors,
+            root, about,
+        )
     )  # fmt: skip
     print(format_metrics(metrics))
     print(unfamiliar_summary(int(unfamiliar.sum()), len(samples)))

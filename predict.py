@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from crack.allocator import keep_freed_memory
 from crack.errors import UserError, user_errors
+from crack.field_report import write_prediction_report
 from crack.files import IMAGE_EXTENSIONS, list_images
 from crack.inference import (
     OnnxClassifier,
@@ -89,10 +90,18 @@ def predict(cfg: DictConfig) -> None:
         classifier.classes,
     )
     seconds = time.perf_counter() - start
+    about = {
+        "input": str(source),
+        "model": str(cfg.ckpt or cfg.model),
+        "threshold": f"{threshold:g}",
+    }
+    report = write_prediction_report(
+        run_dir / "report.html", results, threshold, classifier.classes, root, about
+    )
     print(summary(results, threshold, seconds))
     threads = torch.get_num_threads() if cfg.backend == "torch" else cfg.threads or "default"
     print(f"Backend {cfg.backend}, batch size {cfg.batch_size}, threads: {threads}.")
-    print(f"Wrote {csv_path}")
+    print(f"Wrote {csv_path}, {report}")
     if all(r.error for r in results):
         raise UserError(
             f"None of the {len(results)} files under input={str(source)!r} could be read."

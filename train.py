@@ -17,8 +17,10 @@ from omegaconf import DictConfig
 from crack.allocator import keep_freed_memory
 from crack.calibration import CalibrationSettings, calibrate, write_calibration
 from crack.checkpoint import load_weights_from
+from crack.console import quiet_lightning
 from crack.errors import user_errors
 from crack.resume import restore_run
+from crack.run_summary import run_summary
 
 log = logging.getLogger("train")
 
@@ -34,6 +36,7 @@ def train(cfg: DictConfig) -> float:
     """The work of `main`."""
     if cfg.keep_freed_memory:
         keep_freed_memory()
+    quiet_lightning(resuming=bool(cfg.resume))
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
 
@@ -73,23 +76,16 @@ def train(cfg: DictConfig) -> float:
     test_metrics = {}
     if cfg.test:
         (test_metrics,) = trainer.test(model, datamodule=datamodule, ckpt_path=best)
-    report(run_dir, val_metrics, test_metrics, model.test_confusion_matrix)
+    report(run_dir, trainer, val_metrics, test_metrics, model.test_confusion_matrix)
     return val_metrics["val/f1"]
 
 
 @rank_zero_only  # once, not once per DDP process
-def report(run_dir: Path, val_metrics: dict, test_metrics: dict, confusion: list | None) -> None:
-    """Print where the outputs are and the metrics of the best checkpoint."""
-    checkpoints = run_dir / "checkpoints"
-    print(f"\nCheckpoints: {checkpoints}/best.ckpt (lowest val loss), {checkpoints}/last.ckpt")
-    print(f"TensorBoard: tensorboard --logdir {run_dir}")
-    for title, metrics in ("Validation", val_metrics), ("Test", test_metrics):
-        if metrics:
-            print(f"{title} metrics of the best checkpoint:")
-            for name, value in metrics.items():
-                print(f"  {name:16s} {value:.4f}")
-    if test_metrics:
-        print(f"  confusion [[tn, fp], [fn, tp]]: {confusion}")
+def report(
+    run_dir: Path, trainer: L.Trainer, val: dict, test: dict, confusion: list | None
+) -> None:
+    """Say how training ended, where the outputs are and the metrics, on screen and in train.log."""
+    log.info("Done.\n%s", run_summary(run_dir, trainer, val, test, confusion))
 
 
 if __name__ == "__main__":

@@ -32,3 +32,13 @@ OmegaConf.register_new_resolver("crack.cpus", usable_cpus, replace=True)
 # registered on import, so every entry point that imports crack can compose the configs.
 OmegaConf.register_new_resolver("crack.run_dir", run_dir, replace=True)
 OmegaConf.register_new_resolver("crack.new_run_dir", new_run_dir, replace=True)
+
+
+def progress_bar_class(enabled: bool) -> str:
+    """The progress bar callback: ours (epochs from 1), or a no-op one where the trainer shows
+    none (Lightning refuses a progress bar callback with ``trainer.enable_progress_bar=false``)."""
+    return "crack.console.ProgressBar" if enabled else "lightning.pytorch.callbacks.Callback"
+
+
+# Used in conf/callbacks/default.yaml (progress_bar).
+OmegaConf.register_new_resolver("crack.progress_bar", progress_bar_class, replace=True)

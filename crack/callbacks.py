@@ -147,10 +147,10 @@ class StagedUnfreezing(BaseFinetuning):
             self.unfreeze_and_add_param_group(blocks[-m.blocks :], optimizer, lr=lr, train_bn=True)
             optimizer.param_groups[0]["lr"] = head_lr * m.head_lr_factor
             self._set_modes(blocks)
-            log.info(
+            log.info(  # epochs counted from 1, as in the progress bar and curves.png
                 "Epoch %d: unfroze the last %d backbone blocks at lr %.2e (head lr %.2e, "
                 "BatchNorm in %s mode)",
-                epoch, m.blocks, lr, head_lr * m.head_lr_factor, self.batchnorm,
+                epoch + 1, m.blocks, lr, head_lr * m.head_lr_factor, self.batchnorm,
             )  # fmt: skip
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from crack.crackmap import grad_cam_map
 from crack.errors import UserError
 from crack.export import (
     FAMILIARITY_NAME,
@@ -266,6 +267,10 @@ def predict_files(
         result.tile_fraction = float((probs >= threshold).mean())
         result.tile_probabilities = probs
         result.probability_map = probability_map(photo.width, photo.height, boxes, probs)
+        if isinstance(classifier, TorchClassifier):  # finer: where in each tile (ONNX: no grads)
+            result.probability_map = grad_cam_map(
+                classifier.model, transform, photo, boxes, probs, result.probability_map.shape
+            )
         if heatmap_dir is not None:
             result.heatmap = write_heatmap(result, photo, threshold, heatmap_dir, root)
         yield result

@@ -277,27 +277,35 @@ def training_curves_figure(history: Sequence[dict], milestones: Sequence = ()) -
 def heatmap_figure(
     photo: Image.Image, probability_map: np.ndarray, threshold: float, title: str
 ) -> Figure:
-    """The photo with its crack probability map (from overlapping tiles) laid over it."""
+    """The photo, outlined where the crack map reaches ``threshold``, beside the map itself.
+
+    Side by side rather than laid over each other, so that the map's colours never hide a fine
+    crack in the photo; the outline on the photo says where to look.
+    """
     width, height = photo.size
-    # A figure about 12 inches on its longer side, keeping the photo's aspect ratio.
-    scale = 12 / max(width, height)
-    figure = Figure(figsize=(width * scale + 1.5, height * scale + 0.6), layout="constrained")
-    ax = figure.subplots()
+    # Two panels about 6.5 inches on their longer side, keeping the photo's aspect ratio.
+    scale = 6.5 / max(width, height)
+    figure = Figure(figsize=(2 * width * scale + 1.2, height * scale + 0.8), layout="constrained")
+    photo_ax, map_ax = figure.subplots(1, 2)
     display = photo.copy()
     display.thumbnail((1600, 1600))  # enough for the figure; keeps memory and time small
     extent = (0, width, height, 0)
-    ax.imshow(display, extent=extent)
-    overlay = ax.imshow(probability_map, cmap="inferno", vmin=0, vmax=1, alpha=0.45, extent=extent)
+    photo_ax.imshow(display, extent=extent)
+    shown = map_ax.imshow(probability_map, cmap="inferno", vmin=0, vmax=1, extent=extent)
     if probability_map.max() >= threshold > probability_map.min():
-        ax.contour(
-            np.linspace(0, width, probability_map.shape[1]),
-            np.linspace(0, height, probability_map.shape[0]),
-            probability_map,
-            levels=[threshold],
-            colors="cyan",
-            linewidths=1,
-        )
-    ax.set_title(title, fontsize="medium")
-    ax.axis("off")
-    figure.colorbar(overlay, ax=ax, shrink=0.8, label="crack probability")
+        for ax in (photo_ax, map_ax):
+            ax.contour(
+                np.linspace(0, width, probability_map.shape[1]),
+                np.linspace(0, height, probability_map.shape[0]),
+                probability_map,
+                levels=[threshold],
+                colors="cyan",
+                linewidths=1.2,
+            )
+    photo_ax.set_title("photo; cyan: crack map >= threshold", fontsize="small")
+    map_ax.set_title("crack map", fontsize="small")
+    for ax in (photo_ax, map_ax):
+        ax.axis("off")
+    figure.suptitle(title, fontsize="medium")
+    figure.colorbar(shown, ax=map_ax, shrink=0.8, label="crack probability")
     return figure

@@ -74,6 +74,11 @@ def test_train_writes_checkpoints_manifest_and_logs(demo_run):
     stdout = (demo_run / "stdout.txt").read_text()
     assert "best.ckpt" in stdout and "tensorboard --logdir" in stdout
     assert set(printed_test_metrics(stdout)) >= {"accuracy", "precision", "recall", "f1", "auroc"}
+    assert f"Run directory: {run_dir}" in stdout and "Kept checkpoint: epoch " in stdout
+    assert "Training ran 2 epochs" in stdout and "Epoch 2/2" in stdout  # counted from 1
+    assert "Tip" not in stdout and "FLOPs" not in stdout  # Lightning's noise is silenced
+    log = (run_dir / "train.log").read_text()
+    assert printed_test_metrics(log) == printed_test_metrics(stdout)  # the log has them too
 
 
 def test_eval_reproduces_the_test_metrics(demo_run):
@@ -90,6 +95,8 @@ def test_eval_reproduces_the_test_metrics(demo_run):
     assert sum(map(sum, metrics["confusion_matrix"])) == 6
     for figure in ("confusion_matrix.png", "roc_pr.png", "errors.png"):
         assert Image.open(demo_run / "eval" / figure).format == "PNG"
+    report = (demo_run / "eval" / "report.html").read_text()
+    assert "Evaluation report" in report and "<th>num_images</th><td>6</td>" in report
     rows = list(csv.DictReader((demo_run / "eval" / "predictions.csv").open()))
     assert len(rows) == 6
     assert set(rows[0]) == {
@@ -205,6 +212,8 @@ def test_export_onnx_then_predict_a_folder_through_onnx_runtime(demo_run, tmp_pa
     assert rows["large.tif"]["tiles"] == "15" and rows["a.jpg"]["tiles"] == "0"
     heatmap = tmp_path / "predict" / "heatmaps" / "site" / "large.tif.png"
     assert rows["large.tif"]["heatmap"] == str(heatmap) and Image.open(heatmap).format == "PNG"
+    report = (tmp_path / "predict" / "report.html").read_text()
+    assert report.count('<div class="card') == 4 and 'href="heatmaps/site__large.png"' in report
 
 
 def test_predict_fails_only_when_no_file_is_readable(demo_run, tmp_path):
