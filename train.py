@@ -18,7 +18,7 @@ from crack.allocator import keep_freed_memory
 from crack.calibration import CalibrationSettings, calibrate, write_calibration
 from crack.checkpoint import load_weights_from
 from crack.console import quiet_lightning
-from crack.errors import user_errors
+from crack.errors import UserError, user_errors
 from crack.resume import restore_run
 from crack.run_summary import run_summary
 
@@ -34,6 +34,11 @@ def main(cfg: DictConfig) -> float:
 
 def train(cfg: DictConfig) -> float:
     """The work of `main`."""
+    if cfg.needs_init_from and not cfg.init_from:
+        raise UserError(
+            "This experiment starts from a trained model: give init_from=CKPT, e.g. "
+            "init_from=logs/train/<run>/checkpoints/best.ckpt"
+        )
     if cfg.keep_freed_memory:
         keep_freed_memory()
     quiet_lightning(resuming=bool(cfg.resume))

@@ -50,13 +50,15 @@ MANIFEST_COLUMNS = ("path", "label", "split", "sha256", "group")
 
 
 def split_counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
-    """How many of ``n`` items go to train, val and test; every split of a class with >= 3 items
-    gets at least one, so no split is empty for a class."""
-    train_f, val_f, _ = fractions
+    """How many of ``n`` items go to train, val and test; every split with a fraction above 0
+    gets at least one item of a class with >= 3, so no such split is empty for a class (a
+    fraction of 0, e.g. no test split for experiment=adapt, gets none)."""
+    train_f, val_f, test_f = fractions
     n_val = round(n * val_f)
-    n_test = n - round(n * train_f) - n_val
+    n_test = max(0, n - round(n * train_f) - n_val)
     if n >= 3:
-        n_val, n_test = max(n_val, 1), max(n_test, 1)
+        n_val = max(n_val, 1) if val_f > 0 else 0
+        n_test = max(n_test, 1) if test_f > 0 else 0
     return n - n_val - n_test, n_val, n_test
 
 

@@ -254,3 +254,24 @@ def test_other_backbones_train_evaluate_export_and_predict(backbone, tmp_path):
         "predict.py", f"ckpt={ckpt}", f"input={photos}", f"hydra.run.dir={tmp_path / 'predict'}"
     )
     assert "1 files: 1 read, 0 unreadable." in predicted.stdout
+
+
+def test_adapt_starts_from_a_trained_model_and_keeps_its_last_epoch(demo_run, tmp_path):
+    """experiment=adapt: fixed epochs, every orientation stored, the last epoch kept and
+    calibrated on the new surface's validation photos; no test split."""
+    missing = run("train.py", "experiment=adapt", f"hydra.run.dir={tmp_path / 'x'}", check=False)
+    assert missing.returncode == 2 and "init_from=CKPT" in missing.stderr
+    ckpt = demo_run / "run" / "checkpoints" / "best.ckpt"
+    run_dir = tmp_path / "adapt"
+    run(
+        "train.py", "experiment=adapt", f"init_from={ckpt}", f"data.root={tmp_path / 'surface'}",
+        "+data.synthetic={n_per_class:10,image_size:32,seed:7}", "data.image_size=32",
+        "data.batch_size=8", "data.num_workers=0", "trainer.max_epochs=2",
+        f"hydra.run.dir={run_dir}",
+    )  # fmt: skip
+    log = (run_dir / "train.log").read_text()
+    assert "Feature cache on" in log and "in 8 orientations" in log and "Calibrated on 6" in log
+    manifest = (run_dir / "manifest.csv").read_text()
+    assert ",test," not in manifest  # every photo trains or calibrates
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["epoch"] == 1 and "calibration" in best  # the last of 2 epochs
