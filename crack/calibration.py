@@ -79,7 +79,6 @@ class CalibrationSettings:
 
     recall: float = 0.95  # the threshold: the highest reaching this recall on validation
     temperature: bool = True  # fit a temperature on validation (false: keep 1)
-    shrinkage: float = 0.5  # familiarity: covariance shrinkage towards the identity, 0..1
     percentile: float = 99.0  # familiarity: flag above this percentile of validation scores
     max_images: int = 2000  # familiarity: fit on at most this many training images
 
@@ -138,7 +137,7 @@ def calibrate(model: CrackClassifier, datamodule, settings: CalibrationSettings)
     val = _described(
         model, datamodule.files_dataset(transform, datamodule.split_samples("val")), batch_size
     )
-    model.familiarity.fit(fit_on, val, settings.shrinkage, settings.percentile)
+    model.familiarity.fit(fit_on, val, settings.percentile)
     chosen = {
         "temperature": temperature,
         "threshold": threshold,

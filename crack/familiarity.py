@@ -31,6 +31,9 @@ def block_statistics(
     return x, torch.cat(described, 1)
 
 
+COMPONENTS = 64  # measured best of 16, 32, 64, 128 (experiments/RESULTS.md)
+
+
 class Familiarity(nn.Module):
     """The score (`forward`) and flag (`unfamiliar`) of a photo's block statistics.
 
@@ -38,38 +41,37 @@ class Familiarity(nn.Module):
     The fitted statistics are buffers: they travel in the checkpoint and the exported model.
     """
 
-    def __init__(self, dims: int) -> None:
+    def __init__(self, dims: int, components: int = COMPONENTS) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(dims))
-        self.register_buffer("precision", torch.zeros(dims, dims))
+        # Principal directions, each divided by the square root of its variance; unused
+        # columns (fewer training photos than components) stay zero.
+        self.register_buffer("projection", torch.zeros(dims, components))
+        self.register_buffer("used", torch.tensor(1))
         self.register_buffer("threshold", torch.tensor(float("inf")))
 
     def forward(self, described: torch.Tensor) -> torch.Tensor:
         """The score of each row of ``described``: 0 at the training photos' mean."""
-        centred = described.float() - self.mean
-        squared = ((centred @ self.precision) * centred).sum(1)
-        return (squared.clamp_min(0) / self.mean.numel()).sqrt()
+        whitened = (described.float() - self.mean) @ self.projection
+        return (whitened.square().sum(1) / self.used).sqrt()
 
     def unfamiliar(self, scores: torch.Tensor) -> torch.Tensor:
         return scores > self.threshold
 
     @torch.no_grad()
-    def fit(
-        self,
-        train: torch.Tensor,
-        val: torch.Tensor,
-        shrinkage: float = 0.5,
-        percentile: float = 99.0,
-    ) -> None:
-        """Fit mean and shrunk covariance on ``train``; threshold at ``percentile`` of ``val``."""
+    def fit(self, train: torch.Tensor, val: torch.Tensor, percentile: float = 99.0) -> None:
+        """Fit mean and principal directions on ``train``; threshold at ``percentile`` of
+        ``val``'s scores."""
         train = train.double()
         mean = train.mean(0)
-        centred = train - mean
-        covariance = centred.T @ centred / max(1, len(train) - 1)
-        scale = covariance.diagonal().mean().clamp_min(1e-12)
-        eye = torch.eye(len(mean), dtype=torch.float64)
-        shrunk = (1 - shrinkage) * covariance + shrinkage * scale * eye
+        # Singular values of the centred rows give the variances along each direction.
+        _, singular, directions = torch.linalg.svd(train - mean, full_matrices=False)
+        variance = singular.square() / max(1, len(train) - 1)
+        keep = min(self.projection.shape[1], int((variance > 1e-12 * variance[0]).sum()))
+        projection = torch.zeros_like(self.projection, dtype=torch.float64)
+        projection[:, :keep] = directions[:keep].T / variance[:keep].sqrt()
         self.mean.copy_(mean.float())
-        self.precision.copy_(torch.linalg.inv(shrunk).float())
+        self.projection.copy_(projection.float())
+        self.used.fill_(max(1, keep))
         scores = self(val)
         self.threshold.copy_(torch.quantile(scores.double(), percentile / 100).float())

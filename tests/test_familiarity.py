@@ -14,7 +14,7 @@ def test_fit_puts_the_threshold_at_the_validation_percentile():
     train, val = torch.randn(400, 8, generator=generator), torch.randn(200, 8, generator=generator)
     familiarity = Familiarity(8)
     assert not familiarity.unfamiliar(familiarity(val * 100)).any()  # unfitted: flags nothing
-    familiarity.fit(train, val, shrinkage=0.1, percentile=95)
+    familiarity.fit(train, val, percentile=95)
     assert familiarity.unfamiliar(familiarity(val)).float().mean() == 0.05
     shifted = torch.randn(200, 8, generator=generator) + 3
     assert familiarity.unfamiliar(familiarity(shifted)).float().mean() > 0.95
