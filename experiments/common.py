@@ -359,3 +359,15 @@ def block_slices(channels: np.ndarray) -> dict[int, tuple[slice, slice]]:
 def append_jsonl(path: str | Path, row: dict) -> None:
     with Path(path).open("a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def pooled_cached(features: nn.Sequential, store: str | Path, act: torch.Tensor) -> torch.Tensor:
+    """``pooled_for`` of a whole store, kept next to it (STORE.pooled.npy) after the first call."""
+    cache = Path(str(store) + ".pooled.npy")
+    if cache.exists():
+        out = torch.from_numpy(np.load(cache))
+        if len(out) == len(act):
+            return out
+    out = pooled_for(features, act)
+    np.save(cache, out.numpy())
+    return out

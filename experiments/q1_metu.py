@@ -65,9 +65,10 @@ def main() -> None:
     ap.add_argument("--bn", default="eval,train")
     ap.add_argument("--lrs", default=",".join(LRS))
     ap.add_argument("--skip-frozen", action="store_true")
+    ap.add_argument("--threads", type=int, default=2, help="1 is far faster on busy shared CPUs")
     ap.add_argument("--configs", help="explicit k:bn:lrs list, e.g. 2:eval:all1e-4,3:train:all1e-4")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
 
     split = split_of(args.data, Path(args.out).with_name("metu_split.npz"))
     st = load_store(args.store)

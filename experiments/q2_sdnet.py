@@ -33,7 +33,7 @@ from common import (
     load_store,
     logits_of,
     photo_ids,
-    pooled_for,
+    pooled_cached,
     train,
 )
 from torchmetrics.classification import BinaryCalibrationError
@@ -89,14 +89,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cv", action="store_true", help="grouped 5-fold CV instead of 70/15/15")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--folds", help="with --cv: only these folds, e.g. 1,2,3,4")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)  # 1: far faster when the CPUs are shared
 
     st = load_store(args.store)
     groups = photo_ids([Path(p) for p in st["paths"]])
     labels = st["labels"]
     feats = backbone(args.weights)
-    pooled_all = pooled_for(feats, st["act"])
+    pooled_all = pooled_cached(feats, args.store, st["act"])
     if args.cv:  # grouped 5-fold CV: fold f is test, fold f+1 val, the other three train
         order = np.random.default_rng(0).permutation(np.unique(groups))
         fold_of = {g: i % 5 for i, g in enumerate(order)}
@@ -110,6 +112,8 @@ def main() -> None:
         splits = [group_split(groups, seed=0)]
 
     for fold, split in enumerate(splits):
+        if args.folds and str(fold) not in args.folds.split(","):
+            continue
         counts = {
             s: {"tiles": len(i), "photos": len(np.unique(groups[i])), "crack": int(labels[i].sum())}
             for s, i in split.items()

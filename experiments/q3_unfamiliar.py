@@ -51,21 +51,25 @@ def descriptor(stats: np.ndarray, channels: np.ndarray, blocks: list[int], kind:
 
 
 class Mahalanobis:
-    """Mean and shrunk covariance (shrink=a) or PCA whitening (pca=m components) of ``x``."""
+    """Mean and eigen-decomposed covariance of ``x``; ``scorer`` shrinks it or whitens to PCA.
 
-    def __init__(self, x: np.ndarray, shrink: float | None = None, pca: int | None = None):
+    shrink=a: (1 - a) S + a tr(S)/d I (same eigenvectors, eigenvalues pulled to their mean);
+    pca=m: the top m principal components, each scaled to unit variance.
+    """
+
+    def __init__(self, x: np.ndarray):
         self.mu = x.mean(0)
         xc = x - self.mu
-        s = xc.T @ xc / (len(x) - 1)
-        w, v = np.linalg.eigh(s)
+        self.w, self.v = np.linalg.eigh(xc.T @ xc / (len(x) - 1))
+
+    def scorer(self, shrink: float | None = None, pca: int | None = None):
+        w, v = self.w, self.v
         if pca is not None:
             w, v = w[::-1][:pca], v[:, ::-1][:, :pca]
         else:
             w = (1 - shrink) * w + shrink * w.sum() / len(w)
-        self.proj = v / np.sqrt(np.maximum(w, 1e-12))
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return np.sqrt((((x - self.mu) @ self.proj) ** 2).sum(1))
+        proj = v / np.sqrt(np.maximum(w, 1e-12))
+        return lambda x: np.sqrt((((x - self.mu) @ proj) ** 2).sum(1))
 
 
 def main() -> None:
@@ -75,26 +79,41 @@ def main() -> None:
     ap.add_argument("sdnet")
     ap.add_argument("out")
     ap.add_argument("--percentile", type=float, default=99.0)
+    ap.add_argument(
+        "--descriptors", help="comma-separated block lists, e.g. 10 or 3+6+10 (meanstd)"
+    )
+    ap.add_argument("--covs", help="e.g. pca32,pca64,shrink0.1 (default: a sweep)")
     args = ap.parse_args()
 
     split = dict(np.load(args.split))
     m, s = np.load(args.metu), np.load(args.sdnet)
     ms, ss, ch = m["stats"][:, 0], s["stats"][:, 0], m["channels"]
     covs = [("shrink", a) for a in (0.01, 0.1, 0.2, 0.3, 0.5)] + [("pca", p) for p in (16, 64)]
-    for name, (blocks, kind) in SETS.items():
+    if args.covs:
+        covs = [
+            ("pca", int(c[3:])) if c.startswith("pca") else ("shrink", float(c[6:]))
+            for c in args.covs.split(",")
+        ]
+    sets = SETS
+    if args.descriptors:
+        sets = {}
+        for d in args.descriptors.split(","):
+            sets[f"b{d.replace('+', ',')}_meanstd"] = ([int(b) for b in d.split("+")], "meanstd")
+    for name, (blocks, kind) in sets.items():
         dm, ds = descriptor(ms, ch, blocks, kind), descriptor(ss, ch, blocks, kind)
         for fit_on in ("train", "train+rest"):
             fit_idx = split["train"] if fit_on == "train" else np.r_[split["train"], split["rest"]]
+            fitted = Mahalanobis(dm[fit_idx])
             for cov, a in covs:
                 if cov == "pca" and a >= dm.shape[1]:
                     continue
-                score = Mahalanobis(dm[fit_idx], **{cov: a})
+                score = fitted.scorer(**{cov: a})
                 sv, st, sr, sd = (score(dm[split["val"]]), score(dm[split["test"]]), score(dm[split["rest"]]), score(ds))  # fmt: skip
                 thr = np.percentile(sv, args.percentile)
                 row = {
                     "descriptor": name, "dim": dm.shape[1], "fit": fit_on, "cov": cov, "a": a,
                     "auroc_test_vs_sdnet": auroc(np.r_[st, sd], np.r_[np.zeros(len(st)), np.ones(len(sd))]),
-                    "thr": float(thr), "flag_metu_test": float((st > thr).mean()),
+                    "percentile": args.percentile, "thr": float(thr), "flag_metu_test": float((st > thr).mean()),
                     "flag_metu_rest": float((sr > thr).mean()) if fit_on == "train" else None,
                     "flag_sdnet": float((sd > thr).mean()),
                     "flag_sdnet_at_test_p99": float((sd > np.percentile(st, args.percentile)).mean()),

@@ -32,6 +32,7 @@ from common import (
     load_store,
     logits_of,
     photo_ids,
+    pooled_cached,
     pooled_for,
     train,
 )
@@ -53,7 +54,7 @@ def make_draws(args) -> None:
 
 
 def run(args) -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)  # 1: far faster when the CPUs are shared
     feats = backbone(args.weights)
     split = dict(np.load(args.split))
     metu = load_store(args.metu)
@@ -71,7 +72,7 @@ def run(args) -> None:
     sp = group_split(groups, seed=0)
     ev = np.r_[sp["val"], sp["test"]]
     ye = sd["labels"][ev]
-    pooled_all = pooled_for(feats, sd["act"])
+    pooled_all = pooled_cached(feats, args.sdnet, sd["act"])
     in18_eval = inputs_for(feats, sd["act"][ev], 1)
     draws = np.load(args.draws)  # indices into the full file list
     dih = np.load(args.dihedral)  # the labelled tiles, variants 0 (identity), 2, 4, 6
@@ -174,6 +175,7 @@ def main() -> None:
     for name in ("weights", "split", "metu", "sdnet", "draws", "out"):
         b.add_argument(name)
     b.add_argument("--dihedral", required=True)
+    b.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     make_draws(args) if args.cmd == "draws" else run(args)
 

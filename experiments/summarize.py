@@ -27,12 +27,12 @@ def q1(rs: list[dict]) -> str:
     for r in rs:
         curve = " ".join(f"{v:.4f}" for v in r["val_curve"])
         body.append([
-            r["run"], r.get("k", "-"), r.get("bn", "-"), r.get("lrs", "-"), r["ckpt"],
+            r["run"], r["seed"], r.get("k", "-"), r.get("bn", "-"), r.get("lrs", "-"), r["ckpt"],
             r["best_epoch"] + 1, f"{r['test_acc']:.4f}", r["test_errors"],
             f"{r['test_loss']:.5f}", curve,
         ])  # fmt: skip
     return table(
-        ["run", "k", "BN", "stage-2 LRs", "ckpt", "best ep", "test acc", "errors/1000",
+        ["run", "seed", "k", "BN", "stage-2 LRs", "ckpt", "best ep", "test acc", "errors/1000",
          "test loss", "val loss per epoch (finetune: unfreeze after epoch 3)"],
         body,
     )  # fmt: skip
@@ -65,17 +65,47 @@ def q2(rs: list[dict]) -> str:
     )  # fmt: skip
 
 
-def q3(rs: list[dict]) -> str:
+def q2pair(rs: list[dict]) -> str:
+    """5-fold CV rows without pos_weight, averaged over the folds that every k has."""
+    cv = [r for r in rs if r["fold"] is not None and r["pos_weight"] == "none"]
+    by_k = defaultdict(dict)
+    for r in cv:
+        by_k[r["k"]][r["fold"]] = r
+    folds = sorted(set.intersection(*(set(v) for v in by_k.values())))
+    body = []
+    for k in sorted(by_k):
+        g = [by_k[k][f] for f in folds]
+
+        def m(f, g=g):
+            return f"{np.mean([f(r) for r in g]):.3f}"
+
+        body.append([
+            "frozen" if k == 0 else f"finetune k={k}", ",".join(map(str, folds)),
+            m(lambda r: r["test_auroc"]), m(lambda r: r["balacc"]["bal_acc"]),
+            m(lambda r: r["balacc"]["recall"]), m(lambda r: r["recall95"]["bal_acc"]),
+            m(lambda r: r["recall95"]["recall"]), m(lambda r: r["test_ece"]), m(lambda r: r["test_ece_T"]),
+        ])  # fmt: skip
+    return table(
+        ["model", "folds", "test AUROC", "bal acc (balacc rule)", "recall (balacc rule)",
+         "bal acc (recall95 rule)", "recall (recall95 rule)", "ECE", "ECE after T"],
+        body,
+    )  # fmt: skip
+
+
+def q3(rs: list[dict], keep: str | None = None) -> str:
+    """``keep``: only these covariances (e.g. "shrink 0.3,pca 64"); percentile column if present."""
     body = []
     for r in rs:
+        if keep and f"{r['cov']} {r['a']}" not in keep.split(","):
+            continue
         rest = "-" if r["flag_metu_rest"] is None else f"{r['flag_metu_rest']:.3f}"
         body.append([
-            r["descriptor"], r["dim"], r["fit"], f"{r['cov']} {r['a']}",
+            r["descriptor"], r["dim"], r["fit"], f"{r['cov']} {r['a']}", r.get("percentile", 99.0),
             f"{r['auroc_test_vs_sdnet']:.4f}", f"{r['flag_metu_test']:.3f}", rest,
             f"{r['flag_sdnet']:.3f}", f"{r['flag_sdnet_at_test_p99']:.3f}",
         ])  # fmt: skip
     return table(
-        ["descriptor", "dim", "fit on", "covariance", "AUROC METU test vs SDNET",
+        ["descriptor", "dim", "fit on", "covariance", "val pct", "AUROC METU test vs SDNET",
          "flagged METU test", "flagged METU unused", "flagged SDNET", "flagged SDNET (thr=p99 of test)"],
         body,
     )  # fmt: skip
@@ -103,4 +133,5 @@ def q4(rs: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    print({"q1": q1, "q2": q2, "q3": q3, "q4": q4}[sys.argv[1]](rows(sys.argv[2])))
+    fn = {"q1": q1, "q2": q2, "q2pair": q2pair, "q3": q3, "q4": q4}[sys.argv[1]]
+    print(fn(rows(sys.argv[2]), *sys.argv[3:]))
