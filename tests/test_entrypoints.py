@@ -213,7 +213,7 @@ def test_export_onnx_then_predict_a_folder_through_onnx_runtime(demo_run, tmp_pa
     heatmap = tmp_path / "predict" / "heatmaps" / "site" / "large.tif.png"
     assert rows["large.tif"]["heatmap"] == str(heatmap) and Image.open(heatmap).format == "PNG"
     report = (tmp_path / "predict" / "report.html").read_text()
-    assert report.count('<div class="card') == 4 and 'href="heatmaps/site__large.png"' in report
+    assert report.count('<div class="card') == 4 and 'href="heatmaps/site/large.tif.png"' in report
 
 
 def test_predict_fails_only_when_no_file_is_readable(demo_run, tmp_path):

@@ -48,9 +48,10 @@ class ConstantClassifier:
         self.preprocessing = Preprocessing(image_size=32)
         self.classes = ["intact", "crack"]
         self.threshold = 0.5
+        self.familiarity_threshold = float("inf")
 
-    def __call__(self, images: torch.Tensor) -> np.ndarray:
-        return np.full(len(images), 0.75, np.float32)
+    def __call__(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        return np.full(len(images), 0.75, np.float32), np.zeros(len(images), np.float32)
 
 
 def tiny_onnx(path: Path, metadata: dict[str, str] | None) -> Path:
@@ -195,6 +196,7 @@ def test_a_weights_file_holding_code_is_one_line_and_exit_status_2(tiny_dataset,
 def test_an_unreadable_image_is_listed_and_skipped_or_stops_the_run(tmp_path, monkeypatch):
     from crack.classes import find_classes
     from crack.index import index_images
+    from crack.settings import DataSettings
 
     root = make_dataset(tmp_path / "data", n_per_class=5, image_size=32, seed=0)
     locked = sorted((root / "Positive").iterdir())[0]
@@ -217,7 +219,7 @@ def test_an_unreadable_image_is_listed_and_skipped_or_stops_the_run(tmp_path, mo
     }
     assert len(samples) == 9 and name not in {s.path for s in samples}
     with pytest.raises(UserError, match=rf"(?s)1 image file.*{name}: PermissionError"):
-        index_images(root, classes, on_bad_file="error")
+        index_images(root, classes, DataSettings(root=str(root), on_bad_file="error"))
 
 
 # Outputs: never lost, never overwritten, never shared
