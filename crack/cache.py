@@ -62,10 +62,8 @@ def plan_cache(
     backbone stays frozen); None: every block trains (no staged unfreezing)."""
     if not enabled:
         return CachePlan(0, False, "data.cache=false")
-    if augmentation.colour_steps():
-        why = (
-            "colour augmentation is on (data.augment), so frozen blocks see new inputs every epoch"
-        )
+    if augmentation.random_steps():
+        why = "random augmentation is on (data.augment: colour), so frozen blocks see new inputs every epoch"
     elif trainable_blocks is None:
         why = "every block trains (no staged unfreezing, e.g. experiment=demo)"
     elif trainable_blocks >= n_blocks:

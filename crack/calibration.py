@@ -30,10 +30,14 @@ ECE_BINS = 15
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100) -> float:
-    """The temperature ``T`` minimising the BCE of ``sigmoid(logits / T)`` (temperature scaling).
+    """The temperature ``T`` minimising the BCE of ``sigmoid(logits / T)`` (temperature scaling),
+    with a weak pull of ``log T`` towards 0 (T = 1) worth one validation image.
 
     One parameter, so it cannot overfit a small validation split much, and it never changes
-    which image scores higher than which (AUROC and the ranking stay as they are).
+    which image scores higher than which (AUROC and the ranking stay as they are). The pull
+    matters where the split is separable: there the BCE alone keeps falling as T goes to 0
+    (infinitely sure), a certainty no unseen photo deserves; with it, a model right on every
+    validation image keeps about its own T.
     """
     logits, labels = logits.detach().double().flatten(), labels.detach().double().flatten()
     if labels.unique().numel() < 2:
@@ -44,27 +48,34 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits / log_t.exp(), labels)
+        loss = loss + log_t.square() / len(labels)
         loss.backward()
         return loss
 
     optimizer.step(closure)
-    temperature = float(log_t.detach().exp())
-    # Clamped: a separable validation split drives T to 0 (infinitely sure), which no unseen
-    # photo deserves.
-    return min(max(temperature, 0.05), 20.0)
+    return min(max(float(log_t.detach().exp()), 0.05), 20.0)
 
 
-def recall_threshold(probs: torch.Tensor, labels: torch.Tensor, recall: float) -> float:
-    """The highest threshold at which at least ``recall`` of the cracks score at or above it.
+def recall_threshold(logits: torch.Tensor, labels: torch.Tensor, recall: float) -> float:
+    """The decision threshold, a probability, keeping ``recall`` of the validation cracks.
 
-    The most precise operating point that still misses at most ``1 - recall`` of the cracks of
-    the validation split. 0.5 when the split holds no crack.
+    ``k``, the number of cracks to find, is ``recall`` of them. Every threshold between the
+    ``k``-th highest-scoring crack and the highest-scoring intact image below it raises the
+    same (fewest) false alarms on the validation split while finding at least ``k`` cracks;
+    the threshold is halfway between the two, in logits: a margin on both sides rather than the
+    last crack's score itself (where a separable split would put it, at a probability of 1.0000
+    that the next photo's crack may just miss). 0.5 when the split holds no crack.
     """
-    positives = probs[labels == 1].double().sort(descending=True).values
+    logits, labels = logits.double().flatten(), labels.flatten()
+    positives = logits[labels == 1].sort(descending=True).values
     if positives.numel() == 0:
         return 0.5
     needed = max(1, math.ceil(recall * positives.numel() - 1e-9))
-    return float(positives[needed - 1])
+    kth = positives[needed - 1]
+    below = logits[(labels == 0) & (logits < kth)]
+    # No intact image below: the other end 2 logits under the lowest crack.
+    lower = below.max() if below.numel() else positives[-1] - 2
+    return float(torch.sigmoid((kth + lower) / 2))
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor) -> float:
@@ -125,7 +136,7 @@ def calibrate(model: CrackClassifier, datamodule, settings: CalibrationSettings)
     labels = torch.cat([batch for _, batch in model.validation_logits])
     temperature = fit_temperature(logits, labels) if settings.temperature else 1.0
     probs = torch.sigmoid(logits / temperature)
-    threshold = recall_threshold(probs, labels, settings.recall)
+    threshold = recall_threshold(logits / temperature, labels, settings.recall)
     model.temperature.fill_(temperature)
     model.threshold.fill_(threshold)
 

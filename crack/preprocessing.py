@@ -84,8 +84,10 @@ class Augmentation:
             return [0, 2, 4, 6]  # both mirrors make a half turn
         return [0, 4] if self.hflip else [0, 6] if self.vflip else [0]
 
-    def colour_steps(self) -> list:
-        """The random colour transforms, in order (empty: none)."""
+    def random_steps(self) -> list:
+        """The transforms that change an image at random every time it is read, in order
+        (empty: none). A new random augmentation goes here: the feature cache then knows
+        (`crack.cache.plan_cache`) that frozen blocks see new inputs every epoch."""
         if self.brightness or self.contrast:
             return [v2.ColorJitter(brightness=self.brightness, contrast=self.contrast)]
         return []
@@ -141,7 +143,7 @@ class Preprocessing:
         """
         steps: list = [*self.resize().transforms]
         if train:
-            steps += self.augmentation.colour_steps()
+            steps += self.augmentation.random_steps()
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
         return v2.Compose(steps)
 

@@ -276,7 +276,7 @@ def test_image_store_is_rebuilt_when_the_image_size_changes(tiny_dataset, tmp_pa
         ({"trainable": 19}, 0, "unfreezes every block"),
         ({"trainable": None}, 0, "every block trains"),
         ({"cache": False}, 0, "data.cache=false"),
-        ({"augment": {"brightness": 0.2}}, 0, "colour augmentation is on"),
+        ({"augment": {"brightness": 0.2}}, 0, "random augmentation is on"),
     ],
 )
 def test_plan_decides_which_blocks_and_says_why_not(setting, block, reason):
@@ -296,7 +296,7 @@ def test_feature_cache_logs_once_why_it_is_off(backbone, tiny_dataset, tmp_path,
     with caplog.at_level(logging.INFO, logger="crack.cache"):
         _fit(model, dm, [], epochs=1, limit_train_batches=1, limit_val_batches=1)
     off = [r.message for r in caplog.records if "Feature cache" in r.message]
-    assert len(off) == 1 and "colour augmentation is on" in off[0]
+    assert len(off) == 1 and "random augmentation is on" in off[0]
     assert model.input_block == 0
     assert _stores(tmp_path, "images") and not _stores(tmp_path, "features")
 
