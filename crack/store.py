@@ -211,8 +211,11 @@ def _write(folder: Path, key: dict, rows: int, batches: Iterator[dict[str, np.nd
                 if name not in writers:
                     writers[name] = _ArrayWriter(folder / f"{name}.npy", rows, values)
                 writers[name].write(values)
-    finally:
-        arrays = {name: writer.close() for name, writer in writers.items()}
+    except BaseException:  # the build failed or was stopped: close, say nothing of the rows
+        for writer in writers.values():
+            writer.file.close()
+        raise
+    arrays = {name: writer.close() for name, writer in writers.items()}
     record = {"key": key, "arrays": arrays}
     (folder / RECORD).write_text(json.dumps(record, indent=1) + "\n")
 
