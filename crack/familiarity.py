@@ -58,10 +58,7 @@ class Familiarity(nn.Module):
     def unfamiliar(self, scores: torch.Tensor) -> torch.Tensor:
         return scores > self.threshold
 
-    @torch.no_grad()
-    def fit(self, train: torch.Tensor, val: torch.Tensor, percentile: float = 99.0) -> None:
-        """Fit mean and principal directions on ``train``; threshold at ``percentile`` of
-        ``val``'s scores."""
+    def _fit_directions(self, train: torch.Tensor) -> None:
         train = train.double()
         mean = train.mean(0)
         # Singular values of the centred rows give the variances along each direction.
@@ -73,5 +70,23 @@ class Familiarity(nn.Module):
         self.mean.copy_(mean.float())
         self.projection.copy_(projection.float())
         self.used.fill_(max(1, keep))
-        scores = self(val)
-        self.threshold.copy_(torch.quantile(scores.double(), percentile / 100).float())
+
+    @torch.no_grad()
+    def fit(
+        self, train: torch.Tensor, val: torch.Tensor, percentile: float = 99.0, folds: int = 5
+    ) -> None:
+        """Fit mean and principal directions on ``train``; the threshold at ``percentile`` of
+        the scores of photos the fit has not seen: ``val``, and each ``train`` photo scored by
+        a fit on the other ``folds - 1`` folds.
+
+        A high percentile of a few dozen validation photos is little more than their largest
+        score; with the training photos' out-of-fold scores it rests on all the photos.
+        """
+        unseen = [self(val)]
+        if len(train) >= 2 * folds:
+            for fold in range(folds):
+                others = [train[i::folds] for i in range(folds) if i != fold]
+                self._fit_directions(torch.cat(others))
+                unseen.append(self(train[fold::folds]))
+        self._fit_directions(train)
+        self.threshold.copy_(torch.quantile(torch.cat(unseen).double(), percentile / 100))

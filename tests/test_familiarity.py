@@ -9,13 +9,14 @@ from crack.familiarity import Familiarity, block_statistics
 from crack.synthetic import make_image
 
 
-def test_fit_puts_the_threshold_at_the_validation_percentile():
+def test_fit_puts_the_threshold_at_the_percentile_of_unseen_photos():
     generator = torch.Generator().manual_seed(0)
-    train, val = torch.randn(400, 8, generator=generator), torch.randn(200, 8, generator=generator)
+    train, val = torch.randn(400, 8, generator=generator), torch.randn(40, 8, generator=generator)
     familiarity = Familiarity(8)
     assert not familiarity.unfamiliar(familiarity(val * 100)).any()  # unfitted: flags nothing
     familiarity.fit(train, val, percentile=95)
-    assert familiarity.unfamiliar(familiarity(val)).float().mean() == 0.05
+    new = torch.randn(4000, 8, generator=generator)  # more photos like the training ones
+    assert 0.03 < familiarity.unfamiliar(familiarity(new)).float().mean() < 0.08
     shifted = torch.randn(200, 8, generator=generator) + 3
     assert familiarity.unfamiliar(familiarity(shifted)).float().mean() > 0.95
 
