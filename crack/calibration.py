@@ -140,14 +140,8 @@ def calibrate(model: CrackClassifier, datamodule, settings: CalibrationSettings)
     model.temperature.fill_(temperature)
     model.threshold.fill_(threshold)
 
-    train = datamodule.split_samples("train")
-    step = max(1, math.ceil(len(train) / settings.max_images))
-    transform = datamodule.preprocessing.transform()
-    batch_size = datamodule.settings.batch_size
-    fit_on = _described(model, datamodule.files_dataset(transform, train[::step]), batch_size)
-    val = _described(
-        model, datamodule.files_dataset(transform, datamodule.split_samples("val")), batch_size
-    )
+    fit_on = _statistics(model, datamodule, "train", settings.max_images)
+    val = _statistics(model, datamodule, "val")
     model.familiarity.fit(fit_on, val, settings.percentile)
     chosen = {
         "temperature": temperature,
