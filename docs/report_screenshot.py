@@ -1,6 +1,6 @@
 """Make docs/report.png: predict.py on generated photos, its report.html drawn by headless Chromium.
 
-    python docs/report_screenshot.py CKPT
+    python -m docs.report_screenshot CKPT
 
 CKPT: a checkpoint of ``python train.py experiment=demo`` (64 px synthetic images).
 """
