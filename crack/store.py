@@ -74,10 +74,14 @@ def _sha256(path: Path, offset: int) -> str:
     return digest.hexdigest()
 
 
+def _signature(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return str(path), stat.st_size, stat.st_mtime_ns
+
+
 def _check_array(path: Path, recorded: dict) -> str | None:
     """Why the array file ``path`` does not match its record, or None."""
-    stat = path.stat()
-    if (str(path), stat.st_size, stat.st_mtime_ns) in _checked:
+    if _signature(path) in _checked:
         return None
     with path.open("rb") as f:
         version = np.lib.format.read_magic(f)
@@ -91,11 +95,12 @@ def _check_array(path: Path, recorded: dict) -> str | None:
     if list(shape) != recorded["shape"] or str(dtype) != recorded["dtype"] or fortran:
         return f"header says {shape} {dtype}, record says {recorded['shape']} {recorded['dtype']}"
     expected = offset + int(np.prod(shape)) * dtype.itemsize
-    if stat.st_size != expected:
-        return f"{stat.st_size} bytes where its header implies {expected} (truncated?)"
+    size = path.stat().st_size
+    if size != expected:
+        return f"{size} bytes where its header implies {expected} (truncated?)"
     if _sha256(path, offset) != recorded["sha256"]:
         return "its contents do not match their recorded checksum (overwritten or corrupted)"
-    _checked.add((str(path), stat.st_size, stat.st_mtime_ns))
+    _checked.add(_signature(path))
     return None
 
 
@@ -268,8 +273,10 @@ def stored_arrays(
         if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
             raise _no_room(error, folder) from error
         raise
-    check_store(store, key)  # remember it as checked
-    return _arrays(store), False
+    arrays = _arrays(store)
+    # Hashed as written (`_ArrayWriter`): no need to read the files back to trust them.
+    _checked.update(_signature(path) for path in arrays.values())
+    return arrays, False
 
 
 class StoredDataset(Dataset):
