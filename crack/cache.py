@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 
 from crack.data import ImageFileDataset, StoredInputs
 from crack.preprocessing import Augmentation, Preprocessing, dihedral
+from crack.runtime import ForwardRunner, check_options, runtime_version
 from crack.splits import Sample
 from crack.store import files_digest, stored_arrays
 
@@ -130,6 +131,19 @@ def image_store(
     return arrays["images"]
 
 
+class FrozenBlocks(nn.Module):
+    """``model.features_until(images, block, statistics)`` as a module of its own that returns
+    a tuple: what `crack.runtime.ForwardRunner` runs to fill the feature store."""
+
+    def __init__(self, model: nn.Module, block: int, statistics: bool) -> None:
+        super().__init__()
+        self.model, self.block, self.statistics = model, block, statistics
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self.model.features_until(images, self.block, statistics=self.statistics)
+        return outputs if self.statistics else (outputs,)
+
+
 def feature_store(
     cache_dir: Path,
     images: ImageFileDataset,
@@ -139,6 +153,7 @@ def feature_store(
     batch_size: int,
     num_workers: int,
     variants: Sequence[int] = (0,),
+    inference: dict | None = None,
 ) -> dict[str, Path]:
     """``model.features_until(dihedral(image, v), block)`` for every image and each ``v``.
 
@@ -146,16 +161,19 @@ def feature_store(
     when the model's ``statistics_blocks`` are all frozen (below ``block``), ``statistics``:
     each image's block statistics for the unfamiliar-photo score (`crack.familiarity`), got in
     the same pass. ``images`` must return ``preprocessing.transform()`` of each file. The
-    blocks run in eval mode (as StagedUnfreezing keeps frozen blocks), on the model's device,
-    in float32; the features are stored as `feature_dtype`.
+    blocks run in eval mode (as StagedUnfreezing keeps frozen blocks) on the model's device,
+    through the runtime ``inference`` chooses (`crack.runtime`: ONNX Runtime on a CPU, float32
+    by default); the features are stored as `feature_dtype`.
     """
     start = time.perf_counter()
     prefix = model.features[:block]
     pooled = block == len(model.features)
     dtype = feature_dtype(pooled)
     statistics = max(model.statistics_blocks) < block
+    size = preprocessing.image_size
+    inference = {"runtime": "auto", "precision": "32", **(inference or {})}
     key = {
-        **_images_key(images.root, images.samples, preprocessing.image_size),
+        **_images_key(images.root, images.samples, size),
         "mean": list(preprocessing.mean),
         "std": list(preprocessing.std),
         "block": block,
@@ -164,25 +182,30 @@ def feature_store(
         "statistics_blocks": list(model.statistics_blocks) if statistics else None,
         "weights_sha256": state_digest(prefix),
         "dtype": str(dtype),
-        "torch": torch.__version__,
+        # Runtimes round differently (by about 1e-6): each has stores of its own.
+        "runtime": runtime_version(**inference, device=model.device),
     }
 
     def batches() -> Iterator[dict[str, np.ndarray]]:
         prefix.eval()
-        with torch.inference_mode():
-            for pixels, _ in _loader(images, batch_size, num_workers):
-                pixels = pixels.to(model.device)
-                rows = {}
-                if statistics:  # of the image as it is: variants[0] is always 0
-                    first, described = model.features_until(pixels, block, statistics=True)
-                    rows["statistics"] = described.cpu().numpy()
-                outputs = [first] if statistics else []
-                outputs += [
-                    model.features_until(dihedral(pixels, v), block)
-                    for v in variants[len(outputs) :]
-                ]
-                rows["features"] = torch.stack(outputs, 1).to("cpu", dtype).numpy()
-                yield rows
+        # Built only when the store is: exporting to ONNX Runtime takes about a second.
+        runner = ForwardRunner(
+            FrozenBlocks(model, block, statistics),
+            torch.zeros(2, 3, size, size),
+            device=model.device,
+            **inference,
+        )
+        log.info("Frozen blocks features[:%d] run by %s", block, runner.name)
+        for pixels, _ in _loader(images, batch_size, num_workers):
+            rows = {}
+            outputs = []
+            if statistics:  # of the image as it is: variants[0] is always 0
+                first, described = runner(pixels)
+                rows["statistics"] = described.cpu().numpy()
+                outputs.append(first)
+            outputs += [runner(dihedral(pixels, v))[0] for v in variants[len(outputs) :]]
+            rows["features"] = torch.stack(outputs, 1).to("cpu", dtype).numpy()
+            yield rows
 
     arrays, reused = stored_arrays(cache_dir / "features", key, len(images), batches)
     shown = f" in {len(variants)} orientations" if len(variants) > 1 else ""
@@ -215,13 +238,22 @@ class FeatureCache(L.Callback):
         milestones: the StagedUnfreezing milestones (``conf/callbacks/default.yaml`` passes the
             same list); None when there is no staged unfreezing and every block trains.
         enabled: ``data.cache``.
+        inference: ``{runtime, precision}`` of the frozen blocks' pass (`crack.runtime`).
     """
 
-    def __init__(self, milestones: Sequence[dict] | None = (), enabled: bool = True) -> None:
+    def __init__(
+        self,
+        milestones: Sequence[dict] | None = (),
+        enabled: bool = True,
+        inference: dict | None = None,
+    ) -> None:
         self.trainable_blocks = (
             None if milestones is None else max((m["blocks"] for m in milestones), default=0)
         )
         self.enabled = enabled
+        inference = dict(inference or {})
+        check_options(inference.get("runtime", "auto"), inference.get("precision", "32"))
+        self.inference = inference
         self._said = ""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -234,7 +266,7 @@ class FeatureCache(L.Callback):
             # The stores are built on the device the model will train on.
             pl_module.to(trainer.strategy.root_device)
             stored = self._on_rank_zero_first(
-                trainer, lambda: self._build(datamodule, pl_module, plan)
+                trainer, lambda: self._build(datamodule, pl_module, plan, self.inference)
             )
         datamodule.serve(stored)
         pl_module.input_block = plan.block
@@ -245,7 +277,7 @@ class FeatureCache(L.Callback):
             self._say(f"Feature cache off: {plan.reason}")
 
     @staticmethod
-    def _build(datamodule, model: nn.Module, plan: CachePlan) -> StoredInputs:
+    def _build(datamodule, model: nn.Module, plan: CachePlan, inference: dict) -> StoredInputs:
         settings, preprocessing = datamodule.settings, datamodule.preprocessing
         cache_dir, batch, workers = datamodule.cache_dir, settings.batch_size, settings.num_workers
         # One store for all splits, built in one pass: one set of worker processes.
@@ -253,8 +285,9 @@ class FeatureCache(L.Callback):
             images = datamodule.files_dataset(preprocessing.transform())
             variants = preprocessing.augmentation.variants()
             arrays = feature_store(
-                cache_dir, images, preprocessing, model, plan.block, batch, workers, variants
-            )
+                cache_dir, images, preprocessing, model, plan.block, batch, workers, variants,
+                inference,
+            )  # fmt: skip
             return StoredInputs(arrays["features"], True, tuple(variants), arrays.get("statistics"))
         images = datamodule.files_dataset(preprocessing.resize())
         return StoredInputs(

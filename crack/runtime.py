@@ -23,6 +23,8 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -65,14 +67,47 @@ def bf16_native(device: torch.device) -> bool:
     return device.type == "cpu" and torch.cpu._is_avx512_bf16_supported()
 
 
-class ForwardRunner:
-    """``module(x)`` for inference, through the chosen runtime; returns a tuple of tensors.
+def planned_runtime(runtime: str, precision: str | int, device: torch.device | str) -> str:
+    """What runs a forward pass: ``onnxruntime`` or ``torch`` (the options checked first).
 
-    ``module`` takes one float32 batch (N, ...) and returns a tensor or a tuple of tensors, each
+    ``auto`` plans ONNX Runtime where it can (float32 on a CPU, onnxruntime installed); a model
+    it then cannot export still falls back to PyTorch (`ForwardRunner`).
+    """
+    runtime, precision = check_options(runtime, precision)
+    cpu = torch.device(device).type == "cpu"
+    if runtime == "onnxruntime" and not cpu:
+        raise UserError(f"inference.runtime=onnxruntime runs on the CPU, not on {device}.")
+    if runtime == "onnxruntime" and not onnxruntime_available():
+        raise UserError(
+            "inference.runtime=onnxruntime: the onnxruntime package is not installed "
+            "(pip install -r requirements.txt), or use inference.runtime=auto."
+        )
+    if runtime == "onnxruntime" or (
+        runtime == "auto" and cpu and precision == "32" and onnxruntime_available()
+    ):
+        return "onnxruntime"
+    return "torch"
+
+
+def runtime_version(runtime: str, precision: str | int, device: torch.device | str) -> str:
+    """The release and precision of the `planned_runtime`: runtimes round differently in the
+    last bits, so what stores results of a forward pass keys on it."""
+    if planned_runtime(runtime, precision, device) == "onnxruntime":
+        import onnxruntime
+
+        return f"onnxruntime {onnxruntime.__version__} float32"
+    return f"torch {torch.__version__} {precision}"
+
+
+class ForwardRunner:
+    """``module(x)`` for inference, through the `planned_runtime`; returns a tuple of tensors.
+
+    ``module`` (in eval mode, as ONNX Runtime always runs it; the runner leaves its modes as
+    they are) takes one float32 batch (N, ...) and returns a tensor or a tuple of tensors, each
     with the batch as its first dimension. ``example`` is a batch of the input's shape (any
-    batch size) for the ONNX export; the exported graph takes any batch size. ``name`` says what
-    runs, for the log. With ONNX Runtime the module is exported once, here: later changes of its
-    weights are not seen (build a new runner).
+    batch size) for the ONNX export; the exported graph takes any batch size. ``name`` says
+    what runs, for the log. With ONNX Runtime the module is exported once, here: later changes
+    of its weights are not seen (build a new runner).
     """
 
     def __init__(
@@ -84,29 +119,19 @@ class ForwardRunner:
         device: torch.device | str = "cpu",
         threads: int | None = None,
     ) -> None:
-        runtime, precision = check_options(runtime, precision)
-        self.module = module.eval()
+        planned = planned_runtime(runtime, precision, device)
+        self.module = module
         self.device = torch.device(device)
-        self.precision = precision
+        self.precision = str(precision)
         self.session = None
-        cpu = self.device.type == "cpu"
-        if runtime == "onnxruntime" and not cpu:
-            raise UserError(f"inference.runtime=onnxruntime runs on the CPU, not on {device}.")
-        if runtime == "onnxruntime" and not onnxruntime_available():
-            raise UserError(
-                "inference.runtime=onnxruntime: the onnxruntime package is not installed "
-                "(pip install -r requirements.txt), or use inference.runtime=auto."
-            )
-        if runtime == "onnxruntime" or (
-            runtime == "auto" and cpu and precision == "32" and onnxruntime_available()
-        ):
+        if planned == "onnxruntime":
             self.session = self._session(example, threads, required=runtime == "onnxruntime")
         if self.session is not None:
             self.name = "ONNX Runtime float32 (CPU)"
         else:
-            kind = "bfloat16 autocast" if precision == "bf16" else "float32"
+            kind = "bfloat16 autocast" if self.precision == "bf16" else "float32"
             self.name = f"PyTorch {kind} ({self.device.type})"
-            if precision == "bf16" and not bf16_native(self.device):
+            if self.precision == "bf16" and not bf16_native(self.device):
                 log.warning(
                     "inference.precision=bf16 on a %s without bfloat16 instructions: emulated, "
                     "likely slower than float32.", self.device.type,
@@ -146,7 +171,7 @@ def _onnx_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
         count = len(_as_tuple(module(example[:1])))
     outputs = [f"output{i}" for i in range(count)]
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _modes_kept(module):
         # The TorchScript-based exporter needs no extra package (the torch.export-based one
         # needs onnxscript) and handles these plain CNNs fully; it warns that it is not the default.
         warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -162,6 +187,19 @@ def _onnx_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
             dynamo=False,
         )
     return buffer.getvalue()
+
+
+@contextmanager
+def _modes_kept(module: nn.Module) -> Iterator[None]:
+    """Each submodule's train/eval mode as it was. The exporter puts the whole module back in
+    the top module's mode; Lightning keeps modes per submodule (frozen blocks in eval mode while
+    the head trains)."""
+    modes = {submodule: submodule.training for submodule in module.modules()}
+    try:
+        yield
+    finally:
+        for submodule, training in modes.items():
+            submodule.training = training
 
 
 def _as_tuple(outputs: torch.Tensor | tuple) -> tuple:

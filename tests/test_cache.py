@@ -71,8 +71,9 @@ class LossRecorder(L.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
-def _fit(model, datamodule, milestones, epochs=2, **trainer_kwargs) -> L.Trainer:
-    cache = FeatureCache(milestones, enabled=datamodule.settings.cache)
+def _fit(model, datamodule, milestones, epochs=2, runtime="auto", **trainer_kwargs) -> L.Trainer:
+    inference = {"runtime": runtime}
+    cache = FeatureCache(milestones, enabled=datamodule.settings.cache, inference=inference)
     trainer = L.Trainer(
         max_epochs=epochs,
         callbacks=[StagedUnfreezing(milestones), cache, LossRecorder()],
@@ -131,7 +132,10 @@ def test_training_on_stored_features_follows_the_same_trajectory(
         L.seed_everything(0)
         dm = _datamodule(tiny_dataset, tmp_path, cache=cache, augment=augment)
         model = _model(backbone)
-        trainer = _fit(model, dm, milestones)
+        # Both through PyTorch: this is about what the store holds and which rows each epoch
+        # reads. ONNX Runtime's results differ in the last bits (test_stored_features_give_the_
+        # same_logits), which 16 steps at lr 1e-2 amplify past 1e-3 in a weight or two.
+        trainer = _fit(model, dm, milestones, runtime="torch")
         runs[cache] = (trainer.callbacks[2].losses, model, trainer)
 
     (plain_losses, plain, _), (cached_losses, cached, trainer) = runs[False], runs[True]
