@@ -12,12 +12,19 @@ In one process, on the same images, split and settings, each training run doing 
 - ``frozen`` and ``finetune``: ``train.py experiment=frozen|finetune``, run as train.py runs them,
   starting from an empty cache folder (so building the caches is included), then again
   (``frozen_reuse``, ``finetune_reuse``) with the caches of the first run;
-- ``floor``: one inference pass (decode + forward, channels-last) over every image the experiments
-  read: train, val and test.
+- ``finetune_bf16``: ``experiment=finetune`` with ``trainer.precision=bf16-mixed`` (the unfrozen
+  blocks train in bfloat16 autocast) and ``inference.precision=bf16`` (the frozen blocks' pass),
+  from an empty cache;
+- ``floor``: one inference pass (decode + forward) over every image the experiments read (train,
+  val and test), through the project's fastest exact runtime (`crack.runtime`: ONNX Runtime on a
+  CPU), its export included; ``floor_torch``: the same through PyTorch float32 channels-last (the
+  floor before ONNX Runtime); ``floor_bf16``: PyTorch bfloat16 autocast.
 
 It prints wall time, images/s and test accuracy of each, and writes them to ``--out`` as JSON
-(keys ``plain``, ``frozen``, ``finetune``, ``floor``, ``frozen_reuse``, ``finetune_reuse``,
-``speedup_frozen``, ``speedup_finetune``, ``frozen_over_floor``, ``settings``, ``machine``).
+(keys ``plain``, ``frozen``, ``frozen_reuse``, ``finetune``, ``finetune_reuse``,
+``finetune_bf16``, ``floor``, ``floor_torch``, ``floor_bf16``, ``speedup_frozen``,
+``speedup_finetune``, ``speedup_finetune_bf16``, ``frozen_over_floor``,
+``floor_speedup_vs_torch`` = floor_torch seconds / floor seconds, ``settings``, ``machine``).
 images/s counts the images a run reads: epochs x (train + val) + test for training runs.
 """
 
@@ -48,12 +55,17 @@ from crack.allocator import keep_freed_memory
 from crack.classes import has_split_folders
 from crack.data import CrackDataModule, ImageFileDataset
 from crack.model import CrackClassifier
+from crack.runtime import ForwardRunner
 from crack.splits import SPLITS, Sample
 
 log = logging.getLogger("benchmarks.training")
 
 ROOT = Path(__file__).resolve().parents[1]  # where train.py and conf/ live
 EXPERIMENTS = ("frozen", "finetune")
+# The floor through the project's default runtime, through PyTorch float32 (channels-last, the
+# floor before ONNX Runtime), and in bfloat16.
+FLOORS = (("floor", "auto", "32"), ("floor_torch", "torch", "32"), ("floor_bf16", "torch", "bf16"))
+FLOORS_SHOWN = tuple(name for name, _, _ in FLOORS)
 
 
 class TestMetrics(L.Callback):
@@ -65,6 +77,17 @@ class TestMetrics(L.Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "test/" in k}
         self.path.write_text(json.dumps(metrics))
+
+
+def _runs(head_epochs: int) -> list[tuple[str, str, list[str]]]:
+    """(name, experiment, overrides) of the train.py runs, in order: each experiment from an
+    empty cache, then reusing it; then finetune in bfloat16 (its own stores)."""
+    runs = []
+    for experiment in EXPERIMENTS:
+        extra = [f"head_epochs={head_epochs}"] if experiment == "finetune" else []
+        runs += [(experiment, experiment, extra), (f"{experiment}_reuse", experiment, extra)]
+    bf16 = ["trainer.precision=bf16-mixed", "inference.precision=bf16"]
+    return [*runs, ("finetune_bf16", "finetune", [f"head_epochs={head_epochs}", *bf16])]
 
 
 def _row(seconds: float, images: int, test_accuracy: float | None = None) -> dict:
@@ -208,9 +231,16 @@ def _image_folder_loader(datamodule: CrackDataModule, split: str, shuffle: bool)
 
 
 def inference_floor(
-    datamodule: CrackDataModule, samples: Sequence[Sample], weights_path: str, device: torch.device
+    datamodule: CrackDataModule,
+    samples: Sequence[Sample],
+    weights_path: str,
+    device: torch.device,
+    runtime: str = "auto",
+    precision: str = "32",
 ) -> dict:
-    """One pass over ``samples``: decode, resize, forward (channels-last, bf16 on CUDA)."""
+    """One pass over ``samples``: decode, resize, forward, through ``runtime`` (`crack.runtime`;
+    on CUDA PyTorch with bf16 autocast, as training runs there). Exporting the network to ONNX
+    Runtime is part of the time: every run that uses it pays it."""
     start = time.perf_counter()
     model = CrackClassifier(weights=None, weights_path=weights_path).eval().to(device)
     images = ImageFileDataset(datamodule.root, samples, datamodule.preprocessing.transform())
@@ -220,13 +250,16 @@ def inference_floor(
         num_workers=datamodule.settings.num_workers,
         pin_memory=device.type == "cuda",
     )
-    autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
-    with torch.inference_mode(), autocast:
-        for batch, _ in loader:
-            model(batch.to(device, non_blocking=True))
+    if device.type == "cuda":
+        precision = "bf16"
+    size = datamodule.preprocessing.image_size
+    runner = ForwardRunner(model, torch.zeros(2, 3, size, size), runtime, precision, device)
+    for batch, _ in loader:
+        runner(batch)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return _row(time.perf_counter() - start, len(samples))
+    row = _row(time.perf_counter() - start, len(samples))
+    return {**row, "runtime": runner.name}
 
 
 def _images_read(datamodule: CrackDataModule, epochs: int) -> int:
@@ -331,29 +364,32 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ]
     try:
         _warm_up(workdir, datamodule)
-        log.info("floor: one inference pass over %d images", len(datamodule.samples))
-        results["floor"] = inference_floor(
-            datamodule, datamodule.samples, args.weights_path, device
-        )
+        for name, runtime, precision in FLOORS:
+            log.info("%s: one inference pass over %d images", name, len(datamodule.samples))
+            results[name] = inference_floor(
+                datamodule, datamodule.samples, args.weights_path, device, runtime, precision
+            )
         log.info("plain pipeline: %d epochs", args.epochs)
         results["plain"] = plain_pipeline(
             datamodule, args.weights_path, args.epochs, lr=1e-3, seed=42, device=device
         )
-        for experiment in EXPERIMENTS:
-            extra = [f"head_epochs={head_epochs}"] if experiment == "finetune" else []
-            for name in (experiment, f"{experiment}_reuse"):
-                log.info("%s: train.py experiment=%s, %d epochs", name, experiment, args.epochs)
-                results[name] = run_experiment(
-                    experiment, [*overrides, *extra], workdir / "runs" / name, images_read
-                )
+        for name, experiment, extra in _runs(head_epochs):
+            log.info("%s: train.py experiment=%s %s", name, experiment, " ".join(extra))
+            results[name] = run_experiment(
+                experiment, [*overrides, *extra], workdir / "runs" / name, images_read
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
     plain = results["plain"]["seconds"]
     results["speedup_frozen"] = round(plain / results["frozen"]["seconds"], 2)
     results["speedup_finetune"] = round(plain / results["finetune"]["seconds"], 2)
+    results["speedup_finetune_bf16"] = round(plain / results["finetune_bf16"]["seconds"], 2)
     results["frozen_over_floor"] = round(
         results["frozen"]["seconds"] / results["floor"]["seconds"], 2
+    )
+    results["floor_speedup_vs_torch"] = round(
+        results["floor_torch"]["seconds"] / results["floor"]["seconds"], 2
     )
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(format_results(results))
@@ -369,7 +405,7 @@ def format_results(results: dict) -> str:
         f"batch {s['batch_size']}, {s['num_workers']} workers, {s['device']}",
         f"{'run':<16}{'seconds':>10}{'images/s':>10}{'test acc':>10}{'vs plain':>10}",
     ]
-    for name in ("plain", "frozen", "frozen_reuse", "finetune", "finetune_reuse", "floor"):
+    for name in ("plain", *(name for name, _, _ in _runs(0)), *FLOORS_SHOWN):
         row = results[name]
         accuracy = f"{row['test_accuracy']:.4f}" if "test_accuracy" in row else "-"
         speedup = results["plain"]["seconds"] / row["seconds"]
@@ -377,7 +413,11 @@ def format_results(results: dict) -> str:
             f"{name:<16}{row['seconds']:>10.1f}{row['images_per_s']:>10.1f}"
             f"{accuracy:>10}{speedup:>9.1f}x"
         )
-    lines.append(f"frozen / floor: {results['frozen_over_floor']:.2f}")
+    lines.append(
+        f"frozen / floor: {results['frozen_over_floor']:.2f}; floor through "
+        f"{results['floor']['runtime']}: {results['floor_speedup_vs_torch']:.2f}x the PyTorch "
+        "float32 floor"
+    )
     return "\n".join(lines)
 
 

@@ -8,7 +8,8 @@ from torchvision.models import mobilenet_v2
 
 from benchmarks import training as bench
 
-ROWS = ("plain", "frozen", "frozen_reuse", "finetune", "finetune_reuse")
+ROWS = ("plain", "frozen", "frozen_reuse", "finetune", "finetune_reuse", "finetune_bf16")
+FLOORS = ("floor", "floor_torch", "floor_bf16")
 
 
 def test_bench_times_every_run_and_writes_the_figures(tiny_dataset, tmp_path, capsys):
@@ -26,8 +27,8 @@ def test_bench_times_every_run_and_writes_the_figures(tiny_dataset, tmp_path, ca
 
     results = json.loads(out.read_text())
     assert set(results) == {
-        *ROWS, "floor", "speedup_frozen", "speedup_finetune", "frozen_over_floor",
-        "settings", "machine",
+        *ROWS, *FLOORS, "speedup_frozen", "speedup_finetune", "speedup_finetune_bf16",
+        "frozen_over_floor", "floor_speedup_vs_torch", "settings", "machine",
     }  # fmt: skip
     assert results["settings"]["images"] == {"train": 32, "val": 4, "test": 4}
     assert results["settings"]["finetune_head_epochs"] == 0  # so finetune unfreezes
@@ -37,11 +38,15 @@ def test_bench_times_every_run_and_writes_the_figures(tiny_dataset, tmp_path, ca
         assert set(row) == {"seconds", "images_per_s", "test_accuracy"}, name
         assert row["seconds"] > 0 and 0 <= row["test_accuracy"] <= 1
         assert row["images_per_s"] == pytest.approx(read / row["seconds"], rel=0.01)
-    assert set(results["floor"]) == {"seconds", "images_per_s"}
-    assert results["floor"]["images_per_s"] == pytest.approx(
-        40 / results["floor"]["seconds"], rel=0.01
-    )
-    seconds = {name: results[name]["seconds"] for name in (*ROWS, "floor")}
+    for name in FLOORS:
+        assert set(results[name]) == {"seconds", "images_per_s", "runtime"}
+        assert results[name]["images_per_s"] == pytest.approx(
+            40 / results[name]["seconds"], rel=0.01
+        )
+    assert results["floor"]["runtime"] == "ONNX Runtime float32 (CPU)"
+    assert results["floor_torch"]["runtime"] == "PyTorch float32 (cpu)"
+    assert results["floor_bf16"]["runtime"] == "PyTorch bfloat16 autocast (cpu)"
+    seconds = {name: results[name]["seconds"] for name in (*ROWS, *FLOORS)}
     assert results["speedup_frozen"] == pytest.approx(
         seconds["plain"] / seconds["frozen"], abs=0.01
     )
@@ -51,6 +56,9 @@ def test_bench_times_every_run_and_writes_the_figures(tiny_dataset, tmp_path, ca
     assert results["frozen_over_floor"] == pytest.approx(
         seconds["frozen"] / seconds["floor"], abs=0.01
     )
+    assert results["floor_speedup_vs_torch"] == pytest.approx(
+        seconds["floor_torch"] / seconds["floor"], abs=0.01
+    )
     assert results["machine"]["usable_cpus"] >= 1 and "cpu" in results["machine"]
     printed = capsys.readouterr().out
-    assert all(name in printed for name in (*ROWS, "floor")) and str(out) in printed
+    assert all(name in printed for name in (*ROWS, *FLOORS)) and str(out) in printed
