@@ -128,8 +128,9 @@ def run_experiment(experiment: str, overrides: Sequence[str], run_dir: Path, ima
 
 def _warm_up(workdir: Path, datamodule: CrackDataModule) -> None:
     """Pay the one-time costs before any clock runs, so that no run pays them for the others:
-    imports (train.py, Hydra, TensorBoard), the first read of every file from disk, and the
-    first forward passes (kernel selection, allocator) in both memory formats."""
+    imports (train.py, Hydra, TensorBoard, the ONNX exporter), the first read of every file from
+    disk, and the first forward passes (kernel selection, allocator) in both memory formats and
+    through ONNX Runtime."""
     _load_train_script()
     L.pytorch.loggers.TensorBoardLogger(str(workdir / "warm-up")).experiment.close()
     for sample in datamodule.samples:
@@ -139,6 +140,7 @@ def _warm_up(workdir: Path, datamodule: CrackDataModule) -> None:
     for channels_last in (False, True):
         with torch.inference_mode():
             CrackClassifier(weights=None, channels_last=channels_last).eval()(batch)
+    ForwardRunner(CrackClassifier(weights=None).eval(), batch)(batch)
 
 
 def _load_train_script():

@@ -103,9 +103,11 @@ class CrackClassifier(L.LightningModule):
         self.register_buffer("temperature", torch.tensor(1.0))
         self.register_buffer("threshold", torch.tensor(0.5))
         self.statistics_blocks = spec.statistics_blocks
+        # The statistics' size, from the blocks up to the last described one.
+        described_part = self.features[: max(self.statistics_blocks) + 1]
         with torch.no_grad():
             _, described = block_statistics(
-                self.features.eval(), torch.zeros(1, 3, 32, 32), self.statistics_blocks
+                described_part.eval(), torch.zeros(1, 3, 32, 32), self.statistics_blocks
             )
         self.features.train()
         self.familiarity = Familiarity(described.shape[1])
