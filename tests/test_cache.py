@@ -90,12 +90,18 @@ def _stores(cache_dir: Path, kind: str) -> set[str]:
 
 
 @pytest.mark.parametrize(("block", "dtype"), [(19, np.float16), (17, np.float32)])
-def test_stored_features_give_the_same_logits(backbone, tiny_dataset, tmp_path, block, dtype):
+def test_stored_features_give_the_same_logits(
+    backbone, tiny_dataset, tmp_path, block, dtype, caplog
+):
+    """The store is filled through ONNX Runtime (the default on a CPU); the model, in
+    PyTorch, gives the same logits from its rows as from the images."""
     model = _model(backbone).eval()
     dm = _datamodule(tiny_dataset, tmp_path)
     dm.setup()
     images = ImageFileDataset(dm.root, dm.samples, dm.preprocessing.transform())
-    arrays = feature_store(tmp_path, images, dm.preprocessing, model, block, 8, 0)
+    with caplog.at_level(logging.INFO, logger="crack.cache"):
+        arrays = feature_store(tmp_path, images, dm.preprocessing, model, block, 8, 0)
+    assert f"features[:{block}] run by ONNX Runtime float32" in caplog.text
     stored = np.load(arrays["features"])
     assert stored.dtype == dtype and stored.shape[:2] == (len(dm.samples), 1)  # one orientation
     stored = stored[:, 0]
