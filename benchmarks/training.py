@@ -12,9 +12,9 @@ In one process, on the same images, split and settings, each training run doing 
 - ``frozen`` and ``finetune``: ``train.py experiment=frozen|finetune``, run as train.py runs them,
   starting from an empty cache folder (so building the caches is included), then again
   (``frozen_reuse``, ``finetune_reuse``) with the caches of the first run;
-- ``finetune_bf16``: ``experiment=finetune`` with ``trainer.precision=bf16-mixed`` (the unfrozen
-  blocks train in bfloat16 autocast) and ``inference.precision=bf16`` (the frozen blocks' pass),
-  from an empty cache;
+- ``finetune_fp32``: ``experiment=finetune`` trained in float32 (``trainer.precision=32-true``;
+  its default is bfloat16 autocast where the hardware has it), from an empty cache; and
+  ``finetune_bf16``: with the frozen blocks' pass in bfloat16 too (``inference.precision=bf16``);
 - ``floor``: one inference pass (decode + forward) over every image the experiments read (train,
   val and test), through the project's fastest exact runtime (`crack.runtime`: ONNX Runtime on a
   CPU), its export included; ``floor_torch``: the same through PyTorch float32 channels-last (the
@@ -22,8 +22,9 @@ In one process, on the same images, split and settings, each training run doing 
 
 It prints wall time, images/s and test accuracy of each, and writes them to ``--out`` as JSON
 (keys ``plain``, ``frozen``, ``frozen_reuse``, ``finetune``, ``finetune_reuse``,
-``finetune_bf16``, ``floor``, ``floor_torch``, ``floor_bf16``, ``speedup_frozen``,
-``speedup_finetune``, ``speedup_finetune_bf16``, ``frozen_over_floor``,
+``finetune_fp32``, ``finetune_bf16``, ``floor``, ``floor_torch``, ``floor_bf16``,
+``speedup_frozen``, ``speedup_finetune``, ``speedup_finetune_fp32``, ``speedup_finetune_bf16``,
+``frozen_over_floor``,
 ``floor_speedup_vs_torch`` = floor_torch seconds / floor seconds, ``settings``, ``machine``).
 images/s counts the images a run reads: epochs x (train + val) + test for training runs.
 """
@@ -79,15 +80,22 @@ class TestMetrics(L.Callback):
         self.path.write_text(json.dumps(metrics))
 
 
-def _runs(head_epochs: int) -> list[tuple[str, str, list[str]]]:
+def _runs(head_epochs: int, cache_dir: Path) -> list[tuple[str, str, list[str]]]:
     """(name, experiment, overrides) of the train.py runs, in order: each experiment from an
-    empty cache, then reusing it; then finetune in bfloat16 (its own stores)."""
+    empty cache, then reusing it; then finetune trained in float32 (its own empty cache), and
+    with the frozen blocks' pass in bfloat16 too (its own stores)."""
     runs = []
     for experiment in EXPERIMENTS:
         extra = [f"head_epochs={head_epochs}"] if experiment == "finetune" else []
         runs += [(experiment, experiment, extra), (f"{experiment}_reuse", experiment, extra)]
+    finetune = [f"head_epochs={head_epochs}"]
+    fp32 = ["trainer.precision=32-true", f"data.cache_dir={cache_dir}_fp32"]
     bf16 = ["trainer.precision=bf16-mixed", "inference.precision=bf16"]
-    return [*runs, ("finetune_bf16", "finetune", [f"head_epochs={head_epochs}", *bf16])]
+    return [
+        *runs,
+        ("finetune_fp32", "finetune", [*finetune, *fp32]),
+        ("finetune_bf16", "finetune", [*finetune, *bf16]),
+    ]
 
 
 def _row(seconds: float, images: int, test_accuracy: float | None = None) -> dict:
@@ -375,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         results["plain"] = plain_pipeline(
             datamodule, args.weights_path, args.epochs, lr=1e-3, seed=42, device=device
         )
-        for name, experiment, extra in _runs(head_epochs):
+        for name, experiment, extra in _runs(head_epochs, cache_dir):
             log.info("%s: train.py experiment=%s %s", name, experiment, " ".join(extra))
             results[name] = run_experiment(
                 experiment, [*overrides, *extra], workdir / "runs" / name, images_read
@@ -386,7 +394,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     plain = results["plain"]["seconds"]
     results["speedup_frozen"] = round(plain / results["frozen"]["seconds"], 2)
     results["speedup_finetune"] = round(plain / results["finetune"]["seconds"], 2)
-    results["speedup_finetune_bf16"] = round(plain / results["finetune_bf16"]["seconds"], 2)
+    for name in ("finetune_fp32", "finetune_bf16"):
+        results[f"speedup_{name}"] = round(plain / results[name]["seconds"], 2)
     results["frozen_over_floor"] = round(
         results["frozen"]["seconds"] / results["floor"]["seconds"], 2
     )
@@ -407,7 +416,7 @@ def format_results(results: dict) -> str:
         f"batch {s['batch_size']}, {s['num_workers']} workers, {s['device']}",
         f"{'run':<16}{'seconds':>10}{'images/s':>10}{'test acc':>10}{'vs plain':>10}",
     ]
-    for name in ("plain", *(name for name, _, _ in _runs(0)), *FLOORS_SHOWN):
+    for name in ("plain", *(name for name, _, _ in _runs(0, Path())), *FLOORS_SHOWN):
         row = results[name]
         accuracy = f"{row['test_accuracy']:.4f}" if "test_accuracy" in row else "-"
         speedup = results["plain"]["seconds"] / row["seconds"]

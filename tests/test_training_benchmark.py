@@ -8,7 +8,10 @@ from torchvision.models import mobilenet_v2
 
 from benchmarks import training as bench
 
-ROWS = ("plain", "frozen", "frozen_reuse", "finetune", "finetune_reuse", "finetune_bf16")
+ROWS = (
+    "plain", "frozen", "frozen_reuse", "finetune", "finetune_reuse", "finetune_fp32",
+    "finetune_bf16",
+)  # fmt: skip
 FLOORS = ("floor", "floor_torch", "floor_bf16")
 
 
@@ -27,7 +30,8 @@ def test_bench_times_every_run_and_writes_the_figures(tiny_dataset, tmp_path, ca
 
     results = json.loads(out.read_text())
     assert set(results) == {
-        *ROWS, *FLOORS, "speedup_frozen", "speedup_finetune", "speedup_finetune_bf16",
+        *ROWS, *FLOORS, "speedup_frozen", "speedup_finetune", "speedup_finetune_fp32",
+        "speedup_finetune_bf16",
         "frozen_over_floor", "floor_speedup_vs_torch", "settings", "machine",
     }  # fmt: skip
     assert results["settings"]["images"] == {"train": 32, "val": 4, "test": 4}
