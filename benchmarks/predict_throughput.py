@@ -13,13 +13,14 @@ end to end (decoding, preprocessing and network):
 - ``b_onnx_file``: the exported file through ONNX Runtime (``backend=onnx``), decoded in the
   main process (``workers=0``);
 - ``c_default``: the checkpoint with the default settings (``inference.runtime=auto``: ONNX
-  Runtime, exported in memory; ``workers`` decode processes), in this process;
+  Runtime, exported in memory, two batches at once on half the threads each; ``workers``
+  decode threads), in this process;
 - ``c_predict.py``: ``python predict.py ckpt=CKPT input=FOLDER`` with every setting at its
   default, in a subprocess; the rate is the one it prints (its files, from the first read to
   the last row; the report and loading the model not included), its wall time is the whole
   command's;
 - ``d_bf16``: the checkpoint in PyTorch bfloat16 autocast (``inference.precision=bf16``),
-  ``workers`` decode processes; with its largest probability difference from float32 and how
+  ``workers`` decode threads; with its largest probability difference from float32 and how
   many decisions at the checkpoint's threshold it changes.
 
 Each of ``--rounds`` rounds runs every path once, in this order; the table shows each path's
@@ -37,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -50,13 +52,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def network_rate(classifier, batch: torch.Tensor, repeats: int) -> float:
-    classifier(batch)  # warm-up: first-call allocations and kernel selection
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        classifier(batch)
-        seconds.append(time.perf_counter() - start)
-    return len(batch) / statistics.median(seconds)
+    """Images per second of the network alone, running ``batches_at_once`` batches together as
+    `predict_files` does."""
+    at_once = getattr(classifier, "batches_at_once", 1)
+    with ThreadPoolExecutor(at_once) as pool:
+
+        def step() -> None:
+            list(pool.map(classifier, [batch] * at_once))
+
+        step()  # warm-up: first-call allocations and kernel selection
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step()
+            seconds.append(time.perf_counter() - start)
+    return at_once * len(batch) / statistics.median(seconds)
 
 
 def files_rate(classifier, paths: list[Path], batch_size: int, workers: int) -> tuple:

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 # Probability maps are kept at most this many cells on the longer side: enough for a heatmap.
 MAP_SIZE = 512
 EXPORT = "python export.py ckpt=CHECKPOINT format=onnx"
+BATCHES_AT_ONCE = 2  # through ONNX Runtime: see TorchClassifier
 
 
 class Classifier(Protocol):
@@ -62,7 +63,8 @@ class TorchClassifier:
     ``runtime`` and ``precision`` are the ``inference.*`` options: by default ONNX Runtime runs
     the network (exported in memory, the same probabilities within 1e-4, about twice as fast),
     ``runtime="torch"`` runs it in PyTorch. ``model`` stays the PyTorch network either way:
-    the Grad-CAM maps of tiled photos need its gradients. ``runtime_name`` says what runs.
+    the Grad-CAM maps of tiled photos need its gradients. ``runtime_name`` says what runs;
+    ``batches_at_once`` is how many batches `predict_files` may run at the same time.
     """
 
     def __init__(
@@ -82,7 +84,16 @@ class TorchClassifier:
         self.familiarity_threshold = float(trained.model.familiarity.threshold)
         size = self.preprocessing.image_size
         example = torch.zeros(2, 3, size, size)
-        self.runner = ForwardRunner(self.model, example, runtime, precision, "cpu", threads)
+        # ONNX Runtime: two batches at once, each on half the threads. One batch on all of them
+        # loses time synchronising them: on 2 cores, 2 threads ran one batch at 1.73x the rate
+        # of 1 thread, and two batches at once on 1 thread each 1.36x as fast as one on 2
+        # (cores shared with other work). PyTorch gets one batch at a time: its threads serve
+        # every caller.
+        total = threads or torch.get_num_threads()
+        half = max(1, total // BATCHES_AT_ONCE)
+        self.runner = ForwardRunner(self.model, example, runtime, precision, "cpu", half)
+        onnx = self.runner.session is not None and total >= BATCHES_AT_ONCE
+        self.batches_at_once = BATCHES_AT_ONCE if onnx else 1
         self.runtime_name = self.runner.name
 
     def __call__(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -287,62 +298,103 @@ def predict_files(
     Whole images are classified in batches across files, large photos tile by tile. A file that
     cannot be read gets a `Prediction` with its ``error``; the others go on. Heatmaps of tiled
     photos go to ``heatmap_dir`` (see `heatmap_path`). ``workers`` threads decode and preprocess
-    the photos classified whole while the network runs (0: one by one, between batches).
+    the photos classified whole while the network runs (0: one by one, between batches). A
+    classifier with ``batches_at_once`` > 1 gets that many batches at a time, from threads.
     """
     transform = classifier.preprocessing.transform()
     tile = tiling.tile_size or classifier.preprocessing.image_size
     stride = tiling.stride or max(1, tile // 2)
     reader = WholeImageReader(transform, tiling.min_scale * tile)
-    # Results not yet yielded, in order; an image when it still waits for its batch.
+    # Results not yet sent to the network, in order; an image when it waits for its batch.
     waiting: list[tuple[Prediction, torch.Tensor | None]] = []
+    # Batches sent and not yet yielded, oldest first: their results (True: with an image in the
+    # batch) and the network's outputs (None: no image among them).
+    running: deque[tuple[list[tuple[Prediction, bool]], Future | None]] = deque()
+    at_once = getattr(classifier, "batches_at_once", 1)
+    network = ThreadPoolExecutor(at_once, "network") if at_once > 1 else None
 
-    def flush() -> Iterator[Prediction]:
-        batch = [(result, image) for result, image in waiting if image is not None]
-        if batch:
-            probs, scores = classifier(torch.stack([image for _, image in batch]))
-            for (result, _), prob, score in zip(batch, probs, scores, strict=True):
-                result.probability = float(prob)
-                result.familiarity = float(score)
-                result.unfamiliar = bool(score > classifier.familiarity_threshold)
-        yield from (result for result, _ in waiting)
+    def launch() -> None:
+        images = [image for _, image in waiting if image is not None]
+        outputs = None
+        if images and network is not None:
+            outputs = network.submit(classifier, torch.stack(images))
+        elif images:
+            outputs = Future()
+            outputs.set_result(classifier(torch.stack(images)))
+        running.append(([(result, image is not None) for result, image in waiting], outputs))
         waiting.clear()
 
-    for path, (image, error) in zip(paths, read_in_order(paths, reader, workers), strict=True):
-        result = Prediction(Path(path))
-        if error is not None:
-            result.error = error
-            log.warning("Could not read %s: %s", result.path, result.error)
-            waiting.append((result, None))
-            continue
-        if image is not None:
-            waiting.append((result, image))
-            if sum(image is not None for _, image in waiting) == batch_size:
-                yield from flush()
-            continue
-        yield from flush()  # the results before this photo go first
-        try:
-            photo = load_rgb(result.path)
-            boxes, probs, scores = predict_tiles(classifier, photo, tile, stride, batch_size)
-        except Exception as error:  # e.g. a truncated photo that fails only when fully decoded
-            result.error = _error_message(error)
-            log.warning("Could not read %s: %s", result.path, result.error)
-            yield result
-            continue
-        result.probability = float(probs.max())
-        result.familiarity = float(scores.mean())
-        result.unfamiliar = bool(result.familiarity > classifier.familiarity_threshold)
-        result.tiles = len(boxes)
-        result.tile_fraction = float((probs >= threshold).mean())
-        result.tile_probabilities = probs
-        result.probability_map = probability_map(photo.width, photo.height, boxes, probs)
-        if isinstance(classifier, TorchClassifier):  # finer: where in each tile (ONNX: no grads)
-            result.probability_map = grad_cam_map(
-                classifier.model, transform, photo, boxes, probs, result.probability_map.shape
-            )
-        if heatmap_dir is not None:
-            result.heatmap = write_heatmap(result, photo, threshold, heatmap_dir, root)
-        yield result
-    yield from flush()
+    def finished(keep: int) -> Iterator[Prediction]:
+        """Results of the oldest batches: all done ones, and more until ``keep`` run."""
+        while running and (len(running) > keep or running[0][1] is None or running[0][1].done()):
+            entries, outputs = running.popleft()
+            if outputs is not None:
+                probs, scores = outputs.result()
+                batch = [result for result, has_image in entries if has_image]
+                for result, prob, score in zip(batch, probs, scores, strict=True):
+                    result.probability = float(prob)
+                    result.familiarity = float(score)
+                    result.unfamiliar = bool(score > classifier.familiarity_threshold)
+            yield from (result for result, _ in entries)
+
+    try:
+        for path, (image, error) in zip(paths, read_in_order(paths, reader, workers), strict=True):
+            result = Prediction(Path(path))
+            if error is not None:
+                result.error = error
+                log.warning("Could not read %s: %s", result.path, result.error)
+                waiting.append((result, None))
+            elif image is not None:
+                waiting.append((result, image))
+                if sum(image is not None for _, image in waiting) == batch_size:
+                    launch()
+                    yield from finished(keep=at_once - 1)
+            else:
+                launch()
+                yield from finished(keep=0)  # the results before this photo go first
+                yield predict_tiled(
+                    classifier, result, threshold, tile, stride, batch_size, heatmap_dir, root
+                )
+        launch()
+        yield from finished(keep=0)
+    finally:  # also when the caller stops early: no batch left running
+        if network is not None:
+            network.shutdown(cancel_futures=True)
+
+
+def predict_tiled(
+    classifier: Classifier,
+    result: Prediction,
+    threshold: float,
+    tile: int,
+    stride: int,
+    batch_size: int,
+    heatmap_dir: Path | None,
+    root: Path | None,
+) -> Prediction:
+    """``result`` of a large photo, scanned in tiles (see `predict_files`), its heatmap written."""
+    try:
+        photo = load_rgb(result.path)
+        boxes, probs, scores = predict_tiles(classifier, photo, tile, stride, batch_size)
+    except Exception as error:  # e.g. a truncated photo that fails only when fully decoded
+        result.error = _error_message(error)
+        log.warning("Could not read %s: %s", result.path, result.error)
+        return result
+    result.probability = float(probs.max())
+    result.familiarity = float(scores.mean())
+    result.unfamiliar = bool(result.familiarity > classifier.familiarity_threshold)
+    result.tiles = len(boxes)
+    result.tile_fraction = float((probs >= threshold).mean())
+    result.tile_probabilities = probs
+    result.probability_map = probability_map(photo.width, photo.height, boxes, probs)
+    if isinstance(classifier, TorchClassifier):  # finer: where in each tile (ONNX: no grads)
+        transform = classifier.preprocessing.transform()
+        result.probability_map = grad_cam_map(
+            classifier.model, transform, photo, boxes, probs, result.probability_map.shape
+        )
+    if heatmap_dir is not None:
+        result.heatmap = write_heatmap(result, photo, threshold, heatmap_dir, root)
+    return result
 
 
 def heatmap_path(path: Path, folder: Path, root: Path | None) -> Path:

@@ -176,10 +176,11 @@ def mixed_folder(folder, count: int = 9):
 
 def test_the_default_runtime_gives_the_pytorch_probabilities(trained_checkpoint, tmp_path):
     paths = mixed_folder(tmp_path / "in")
-    default = TorchClassifier(trained_checkpoint)
-    assert default.runtime_name.startswith("ONNX Runtime")
+    default = TorchClassifier(trained_checkpoint, threads=2)
+    assert default.runtime_name.startswith("ONNX Runtime") and default.batches_at_once == 2
     torch_only = TorchClassifier(trained_checkpoint, runtime="torch")
     assert torch_only.runtime_name.startswith("PyTorch float32")
+    assert torch_only.batches_at_once == 1  # PyTorch's threads serve one batch at a time
     fast = list(predict_files(default, paths, 0.5, batch_size=4, workers=2))
     exact = list(predict_files(torch_only, paths, 0.5, batch_size=4, workers=0))
     assert [r.path for r in fast] == [r.path for r in exact] == paths
