@@ -88,8 +88,8 @@ def predict_batches(
 
     On a CPU, ONNX Runtime (or bfloat16 autocast, ``inference.precision=bf16``) runs the network
     over the datamodule's batches: the same results as Lightning's float32 PyTorch pass within
-    1e-4, faster (README, Evaluation report). Elsewhere, and with ``inference.runtime=torch``, it is
-    ``trainer.predict``.
+    1e-4, faster (README, Evaluation report). Elsewhere, and with ``inference.runtime=torch``,
+    it is ``trainer.predict``.
     """
     runtime, precision = check_options(cfg.inference.runtime, cfg.inference.precision)
     accelerator = cfg.trainer.accelerator
