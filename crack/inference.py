@@ -216,20 +216,28 @@ class Prediction:
 def predict_tiles(
     classifier: Classifier, photo: Image.Image, tile: int, stride: int, batch_size: int
 ) -> tuple[list[tuple[int, int, int, int]], np.ndarray, np.ndarray]:
-    """Tile boxes of ``photo`` and the crack probability and familiarity of each, in batches."""
+    """Tile boxes of ``photo`` and the crack probability and familiarity of each, in batches
+    (``batches_at_once`` of them at a time, as in `predict_files`)."""
     pixels = v2.functional.pil_to_tensor(photo)  # uint8 (3, H, W); tiles are views into it
     transform = classifier.preprocessing.transform()
     boxes = tile_boxes(photo.width, photo.height, tile, stride)
-    probs, scores = [], []
-    for start in range(0, len(boxes), batch_size):
-        batch = boxes[start : start + batch_size]
-        tiles = torch.stack(
-            [pixels[:, top:bottom, left:right] for left, top, right, bottom in batch]
-        )
-        tile_probs, tile_scores = classifier(transform(tiles))
-        probs.append(tile_probs)
-        scores.append(tile_scores)
-    return boxes, np.concatenate(probs), np.concatenate(scores)
+    at_once = getattr(classifier, "batches_at_once", 1)
+
+    def batch(start: int) -> torch.Tensor:
+        chosen = boxes[start : start + batch_size]
+        tiles = [pixels[:, top:bottom, left:right] for left, top, right, bottom in chosen]
+        return transform(torch.stack(tiles))
+
+    starts = range(0, len(boxes), batch_size)
+    outputs = []
+    with ThreadPoolExecutor(at_once, "network") as network:
+        run = network.map if at_once > 1 else map
+        # A group of batches at a time: a phone photo has about a thousand tiles, too many to
+        # hold preprocessed at once.
+        for group in range(0, len(starts), at_once):
+            outputs += run(classifier, [batch(start) for start in starts[group : group + at_once]])
+    probs = np.concatenate([tile_probs for tile_probs, _ in outputs])
+    return boxes, probs, np.concatenate([tile_scores for _, tile_scores in outputs])
 
 
 def _error_message(error: Exception) -> str:
