@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from crack.inference import (
     write_predictions,
 )
 
+log = logging.getLogger("predict")
+
 
 def build_classifier(cfg: DictConfig) -> TorchClassifier | OnnxClassifier:
     if cfg.backend == "torch":
@@ -31,7 +34,8 @@ def build_classifier(cfg: DictConfig) -> TorchClassifier | OnnxClassifier:
                 "ckpt is required: python predict.py ckpt=logs/train/<run>/checkpoints/best.ckpt "
                 "input=PHOTO_OR_FOLDER (or backend=onnx model=FILE.onnx)"
             )
-        return TorchClassifier(cfg.ckpt)
+        inference = cfg.inference
+        return TorchClassifier(cfg.ckpt, inference.runtime, inference.precision, cfg.threads)
     if cfg.backend == "onnx":
         if not cfg.model:
             raise UserError(
@@ -40,6 +44,12 @@ def build_classifier(cfg: DictConfig) -> TorchClassifier | OnnxClassifier:
             )
         return OnnxClassifier(cfg.model, cfg.threads)
     raise UserError(f"backend={cfg.backend!r} is not one of: torch, onnx")
+
+
+def check_workers(workers: int) -> int:
+    if not isinstance(workers, int) or workers < 0:
+        raise UserError(f"workers={workers!r} must be a whole number >= 0 (0: decode in-process).")
+    return workers
 
 
 # Its own config folder: in conf/, `model=FILE.onnx` would select the `model` config group.
@@ -65,9 +75,11 @@ def predict(cfg: DictConfig) -> None:
         paths, root = [source], source.parent
     else:
         raise UserError(f"input={str(source)!r} is neither an image file nor a folder.")
+    workers = check_workers(cfg.workers)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     classifier = build_classifier(cfg)
+    log.info("Network run by %s", classifier.runtime_name)
     threshold = classifier.threshold if cfg.threshold is None else cfg.threshold
     run_dir = Path(HydraConfig.get().runtime.output_dir)
 
@@ -85,6 +97,7 @@ def predict(cfg: DictConfig) -> None:
             Tiling(**cfg.tiling),
             run_dir / "heatmaps" if cfg.heatmaps else None,
             root,
+            workers,
         ),
         threshold,
         classifier.classes,
@@ -100,7 +113,10 @@ def predict(cfg: DictConfig) -> None:
     )
     print(summary(results, threshold, seconds))
     threads = torch.get_num_threads() if cfg.backend == "torch" else cfg.threads or "default"
-    print(f"Backend {cfg.backend}, batch size {cfg.batch_size}, threads: {threads}.")
+    print(
+        f"Backend {cfg.backend}, network run by {classifier.runtime_name}, batch size "
+        f"{cfg.batch_size}, threads: {threads}, decode workers: {workers}."
+    )
     print(f"Wrote {csv_path}, {report}")
     if all(r.error for r in results):
         raise UserError(

@@ -1,5 +1,6 @@
 """Every experiment config composes and builds its objects."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,7 @@ def test_schedulers_compose(scheduler, tmp_path):
 def test_eval_config_composes():
     cfg = _compose("eval", ["ckpt=some.ckpt"])
     assert cfg.ckpt == "some.ckpt" and cfg.threshold is None  # the checkpoint's own
+    assert (cfg.inference.runtime, str(cfg.inference.precision)) == ("auto", "32")
 
 
 def test_machine_dependent_defaults(monkeypatch):
@@ -118,5 +120,7 @@ def test_predict_and_export_configs_compose():
         None,
         1.5,
     )
+    assert (cfg.inference.runtime, str(cfg.inference.precision)) == ("auto", "32")
+    assert cfg.workers == min(4, len(os.sched_getaffinity(0)))
     cfg = _compose("export", ["ckpt=some.ckpt", "format=torchscript"])
     assert cfg.format == "torchscript" and cfg.parity.tolerance == 1e-4

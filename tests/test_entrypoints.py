@@ -144,6 +144,79 @@ def test_eval_on_another_folder_uses_every_image(demo_run, tmp_path):
     assert tp + fn == 7 and tn + fp == 7  # the "cracked" folder is the positive class
 
 
+def eval_outputs(folder: Path) -> tuple[dict, list[dict]]:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return metrics, list(csv.DictReader((folder / "predictions.csv").open()))
+
+
+def test_eval_through_onnx_runtime_equals_pytorch_and_bf16_runs(demo_run, tmp_path):
+    ckpt = demo_run / "run" / "checkpoints" / "best.ckpt"
+    settings = {
+        "default": [],
+        "torch": ["inference.runtime=torch"],
+        "bf16": ["inference.runtime=torch", "inference.precision=bf16"],
+    }
+    outputs, logs = {}, {}
+    for name, overrides in settings.items():
+        folder = tmp_path / name
+        run("eval.py", f"ckpt={ckpt}", f"hydra.run.dir={folder}", "data.num_workers=0", *overrides)
+        outputs[name], logs[name] = eval_outputs(folder), (folder / "eval.log").read_text()
+    assert "Network run by ONNX Runtime float32 (CPU)" in logs["default"]
+    assert "Network run by Lightning's trainer.predict" in logs["torch"]
+    assert "Network run by PyTorch bfloat16 autocast" in logs["bf16"]
+    (fast, fast_rows), (exact, exact_rows) = outputs["default"], outputs["torch"]
+    assert set(fast) == set(exact) == METRICS_KEYS
+    for key, value in exact.items():
+        assert fast[key] == (value if isinstance(value, list) else pytest.approx(value, abs=1e-4))
+    assert [r["path"] for r in fast_rows] == [r["path"] for r in exact_rows]
+    for a, b in zip(fast_rows, exact_rows, strict=True):
+        assert float(a["probability"]) == pytest.approx(float(b["probability"]), abs=1e-4)
+        assert (a["label"], a["predicted"], a["unfamiliar"]) == (
+            b["label"], b["predicted"], b["unfamiliar"],
+        )  # fmt: skip
+    reduced, _ = outputs["bf16"]
+    assert reduced["num_images"] == exact["num_images"]
+    assert reduced["auroc"] == pytest.approx(exact["auroc"], abs=0.1)
+
+
+def test_predict_defaults_to_onnx_runtime_with_the_pytorch_results(demo_run, tmp_path):
+    ckpt = demo_run / "run" / "checkpoints" / "best.ckpt"
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(4)
+    for i in range(6):
+        make_image(rng, 32, crack=i % 2 == 0).save(photos / f"p{i}.png")
+    (photos / "p3_broken.jpg").write_bytes(b"not an image")
+    rows = {}
+    for name, overrides in {
+        "default": [],
+        "torch": ["inference.runtime=torch", "workers=0"],
+    }.items():
+        result = run("predict.py", f"ckpt={ckpt}", f"input={photos}", "batch_size=4",
+                     f"hydra.run.dir={tmp_path / name}", *overrides)  # fmt: skip
+        assert "7 files: 6 read, 1 unreadable." in result.stdout
+        rows[name] = list(csv.DictReader((tmp_path / name / "predictions.csv").open()))
+        runtime = "ONNX Runtime float32 (CPU)" if name == "default" else "PyTorch float32 (cpu)"
+        assert f"network run by {runtime}" in result.stdout
+        assert f"Network run by {runtime}" in (tmp_path / name / "predict.log").read_text()
+    assert [r["path"] for r in rows["default"]] == [r["path"] for r in rows["torch"]]
+    for a, b in zip(rows["default"], rows["torch"], strict=True):
+        assert a["error"] == b["error"] and a["label"] == b["label"]
+        if not a["error"]:
+            assert float(a["probability"]) == pytest.approx(float(b["probability"]), abs=1e-4)
+
+    for override, words in [
+        ("inference.runtime=tensorrt", "not one of"),
+        ("inference.precision=16", "not one of"),
+        ("workers=-1", "workers=-1"),
+    ]:
+        result = run("predict.py", f"ckpt={ckpt}", f"input={photos}", override,
+                     f"hydra.run.dir={tmp_path / 'refused'}", check=False)  # fmt: skip
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert len(errors) == 1 and words in errors[0] and override.split("=")[0] in errors[0]
+
+
 def test_eval_requires_a_readable_checkpoint(tmp_path):
     missing = run("eval.py", f"hydra.run.dir={tmp_path}", check=False)
     assert missing.returncode == 2 and "error: ckpt is required" in missing.stderr

@@ -159,3 +159,80 @@ def test_summary_counts_images_cracks_and_failures(tmp_path):
     assert "2 of 3 images with cracks" in text
     assert "c.png: 0.700, 15.0%" in text
     assert "22 network inputs (images and tiles) in 2.0 s" in text and "(11.0 per s)" in text
+
+
+def mixed_folder(folder, count: int = 9):
+    """``count`` small photos, a corrupt file in the middle and a photo large enough to tile."""
+    rng = np.random.default_rng(2)
+    folder.mkdir(parents=True)
+    for i in range(count):
+        make_image(rng, 32, crack=i % 2 == 1).save(folder / f"p{i}.png")
+    (folder / "p4_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    photo_with_crack(0, (32, 32, 64, 64)).save(folder / "p6_large.png")
+    from crack.files import list_images
+
+    return list_images(folder)
+
+
+def test_the_default_runtime_gives_the_pytorch_probabilities(trained_checkpoint, tmp_path):
+    paths = mixed_folder(tmp_path / "in")
+    default = TorchClassifier(trained_checkpoint, threads=2)
+    assert default.runtime_name.startswith("ONNX Runtime") and default.batches_at_once == 2
+    torch_only = TorchClassifier(trained_checkpoint, runtime="torch")
+    assert torch_only.runtime_name.startswith("PyTorch float32")
+    assert torch_only.batches_at_once == 1  # PyTorch's threads serve one batch at a time
+    fast = list(predict_files(default, paths, 0.5, batch_size=4, workers=2))
+    exact = list(predict_files(torch_only, paths, 0.5, batch_size=4, workers=0))
+    assert [r.path for r in fast] == [r.path for r in exact] == paths
+    for a, b in zip(fast, exact, strict=True):
+        assert (a.error is None) == (b.error is None) and a.tiles == b.tiles
+        if a.error is None:
+            assert a.probability == pytest.approx(b.probability, abs=1e-4)
+            assert a.familiarity == pytest.approx(b.familiarity, rel=1e-4, abs=1e-3)
+        if a.tiles:
+            np.testing.assert_allclose(a.probability_map, b.probability_map, atol=1e-4)
+
+
+class CountingClassifier:
+    """A classifier that counts its batches, to see when results come out."""
+
+    def __init__(self, classifier) -> None:
+        self.classifier, self.batches = classifier, 0
+        self.preprocessing = classifier.preprocessing
+        self.familiarity_threshold = classifier.familiarity_threshold
+
+    def __call__(self, images):
+        self.batches += 1
+        return self.classifier(images)
+
+
+def test_parallel_decoding_keeps_the_order_errors_and_streaming(trained_checkpoint, tmp_path):
+    paths = mixed_folder(tmp_path / "in")
+    classifier = TorchClassifier(trained_checkpoint, runtime="torch")
+    in_process = list(predict_files(classifier, paths, 0.5, batch_size=3, workers=0))
+    counting = CountingClassifier(classifier)
+    results = predict_files(counting, paths, 0.5, batch_size=3, workers=2)
+    first = next(results)
+    assert counting.batches == 1  # the first batch's results come before the rest is run
+    parallel = [first, *results]
+    assert [r.path.name for r in parallel] == [p.name for p in paths]
+    (broken,) = [r for r in parallel if r.error]
+    assert broken.path.name == "p4_corrupt.png" and broken.probability is None
+    assert "UnidentifiedImageError" in broken.error
+    (tiled,) = [r for r in parallel if r.tiles]
+    assert tiled.path.name == "p6_large.png" and tiled.tiles == 11 * 7
+    for a, b in zip(parallel, in_process, strict=True):  # the same batches: the same numbers
+        assert (a.path, a.probability, a.familiarity, a.error) == (
+            b.path, b.probability, b.familiarity, b.error,
+        )  # fmt: skip
+
+
+def test_bf16_prediction_runs_close_to_float32(trained_checkpoint, tmp_path):
+    paths = mixed_folder(tmp_path / "in", count=4)
+    bf16 = TorchClassifier(trained_checkpoint, runtime="torch", precision="bf16")
+    assert "bfloat16" in bf16.runtime_name
+    reduced = list(predict_files(bf16, paths, 0.5, workers=0))
+    exact = list(predict_files(TorchClassifier(trained_checkpoint), paths, 0.5, workers=0))
+    for a, b in zip(reduced, exact, strict=True):
+        if b.error is None:
+            assert a.probability == pytest.approx(b.probability, abs=0.1)
