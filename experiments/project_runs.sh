@@ -12,16 +12,7 @@
 # OUT         a new folder for the runs; summary.json and the logs go there
 set -euo pipefail
 WEIGHTS=$1 METU600=$2 METU_REST=$3 SDNET=$4 SDNET100=$5 SDNET_REST=$6 OUT=$7
-PY=${PY:-.venv/bin/python}
-mkdir -p "$OUT"
-common=(model.weights_path="$WEIGHTS" data.cache_dir="$OUT/cache")
-
-step() {  # name, command...: run it, log it, time it
-  local name=$1; shift
-  local start=$SECONDS
-  "$@" >"$OUT/$name.log" 2>&1
-  echo "$name: $((SECONDS - start)) s"
-}
+source "$(dirname "$0")/runs.sh"
 
 step frozen600 "$PY" train.py experiment=frozen data.root="$METU600" "${common[@]}" hydra.run.dir="$OUT/frozen600"
 step finetune600 "$PY" train.py experiment=finetune data.root="$METU600" "${common[@]}" hydra.run.dir="$OUT/finetune600"
@@ -40,19 +31,4 @@ step adapt "$PY" train.py experiment=adapt init_from="$OUT/frozen600/checkpoints
   data.root="$SDNET100" data.cache_dir="$OUT/cache" hydra.run.dir="$OUT/adapt"
 step eval_adapt_rest "$PY" eval.py ckpt="$OUT/adapt/checkpoints/best.ckpt" data.root="$SDNET_REST" hydra.run.dir="$OUT/eval_adapt_rest"
 
-"$PY" - "$OUT" <<'EOF'
-import json
-import sys
-from pathlib import Path
-
-out = Path(sys.argv[1])
-keys = ("num_images", "accuracy", "balanced_accuracy", "recall", "precision", "auroc", "ece",
-        "threshold", "unfamiliar_fraction")
-summary = {}
-for metrics in sorted(out.glob("eval_*/metrics.json")):
-    values = json.loads(metrics.read_text())
-    summary[metrics.parent.name] = {k: values[k] for k in keys}
-    row = "  ".join(f"{k}={values[k]:.4f}" if isinstance(values[k], float) else f"{k}={values[k]}" for k in keys)
-    print(f"{metrics.parent.name}: {row}")
-(out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-EOF
+summarize num_images accuracy balanced_accuracy recall precision auroc ece threshold unfamiliar_fraction
