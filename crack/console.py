@@ -11,6 +11,7 @@ import logging
 import warnings
 from typing import Any
 
+import lightning as L
 from lightning.pytorch.callbacks import RichModelSummary, RichProgressBar
 from lightning.pytorch.utilities.model_summary import (
     get_formatted_model_size,
@@ -64,6 +65,13 @@ class ParameterSummary(RichModelSummary):
     Lightning counts FLOPs only for a model with an ``example_input_array``; otherwise the
     column and the total are all zeros, which reads as a broken model.
     """
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Under bf16-mixed the weights stay float32: the 32-bit size Lightning falls back to is
+        # the right one, and its warning that the size "will not be accurate" is not.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Precision .* is not supported by the model")
+            super().on_fit_start(trainer, pl_module)
 
     @staticmethod
     def summarize(
