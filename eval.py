@@ -21,7 +21,7 @@ from crack.export import ProbabilityModel
 from crack.field_report import write_evaluation_html
 from crack.metrics import evaluation_metrics, format_metrics, unfamiliar_summary
 from crack.report import write_evaluation_report
-from crack.runtime import ForwardRunner, check_options
+from crack.runtime import ForwardRunner, check_options, planned_runtime
 
 log = logging.getLogger("eval")
 
@@ -94,20 +94,16 @@ def predict_batches(
     runtime, precision = check_options(cfg.inference.runtime, cfg.inference.precision)
     accelerator = cfg.trainer.accelerator
     cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-    if runtime == "onnxruntime" and not cpu:
-        raise UserError(
-            f"inference.runtime=onnxruntime runs on the CPU, not on trainer.accelerator="
-            f"{accelerator}: use inference.runtime=auto, or trainer.accelerator=cpu."
-        )
-    if cpu and (runtime != "torch" or precision == "bf16"):
+    # Refuses runtime=onnxruntime on a GPU, in one line.
+    planned = planned_runtime(runtime, precision, "cpu" if cpu else "cuda")
+    if cpu and (planned == "onnxruntime" or precision == "bf16"):
         size = trained.preprocessing.image_size
         runner = ForwardRunner(
             ProbabilityModel.of(trained.model), torch.zeros(2, 3, size, size), runtime, precision
         )
-        if runner.session is not None or precision == "bf16":
-            log.info("Network run by %s", runner.name)
-            datamodule.setup("predict")
-            return [runner(images) for images, _ in datamodule.predict_dataloader()]
+        log.info("Network run by %s", runner.name)
+        datamodule.setup("predict")
+        return [runner(images) for images, _ in datamodule.predict_dataloader()]
     log.info("Network run by Lightning's trainer.predict (PyTorch)")
     settings = {"precision": "bf16-mixed"} if precision == "bf16" else {}
     trainer = instantiate(cfg.trainer, default_root_dir=run_dir, **settings)

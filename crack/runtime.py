@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "onnxruntime", "torch")
 PRECISIONS = ("32", "bf16")
+_INPUT = "input"  # the input's name in the exported graph
 
 
 def check_options(runtime: str, precision: str | int) -> tuple[str, str]:
@@ -157,7 +158,7 @@ class ForwardRunner:
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.session is not None:
-            inputs = {self.session.get_inputs()[0].name: x.float().contiguous().numpy()}
+            inputs = {_INPUT: x.float().contiguous().numpy()}
             return tuple(torch.from_numpy(y) for y in self.session.run(None, inputs))
         autocast = torch.autocast(self.device.type, torch.bfloat16, self.precision == "bf16")
         with torch.inference_mode(), autocast:
@@ -180,9 +181,9 @@ def _onnx_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
             module,
             (example[:2],),
             buffer,
-            input_names=["input"],
+            input_names=[_INPUT],
             output_names=outputs,
-            dynamic_axes={name: {0: "batch"} for name in ["input", *outputs]},
+            dynamic_axes={name: {0: "batch"} for name in [_INPUT, *outputs]},
             opset_version=17,
             dynamo=False,
         )
