@@ -124,3 +124,19 @@ def test_predict_and_export_configs_compose():
     assert cfg.workers == min(4, len(os.sched_getaffinity(0)))
     cfg = _compose("export", ["ckpt=some.ckpt", "format=torchscript"])
     assert cfg.format == "torchscript" and cfg.parity.tolerance == 1e-4
+
+
+def test_every_augmentation_is_a_config_key_with_its_default(tmp_path):
+    """``data.augment.rot90=true`` on the command line needs the key in conf/data/folder.yaml
+    (Hydra refuses keys a config does not declare), with the dataclass's default."""
+    import dataclasses
+
+    from crack.preprocessing import Augmentation
+
+    overrides = [f"hydra.runtime.output_dir={tmp_path}"]
+    declared = _compose("train", overrides).data.augment
+    defaults = {f.name: f.default for f in dataclasses.fields(Augmentation)}
+    assert dict(declared) == defaults
+    flags = ["data.augment.hflip=true", "data.augment.vflip=true", "data.augment.rot90=true"]
+    chosen = _compose("train", overrides + flags).data.augment
+    assert Augmentation(**chosen).variants() == list(range(8))
