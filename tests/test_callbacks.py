@@ -178,7 +178,9 @@ def test_training_curves_record_every_epoch_into_the_checkpoint(trained_checkpoi
     assert Image.open(trained_checkpoint.parent / "curves.png").format == "PNG"
 
 
-def test_training_curves_redraw_at_most_every_min_interval_and_at_the_end(monkeypatch, tmp_path):
+def test_training_curves_redraw_at_most_every_min_interval_from_the_start_and_at_the_end(
+    monkeypatch, tmp_path
+):
     from types import SimpleNamespace
 
     import crack.callbacks
@@ -186,23 +188,38 @@ def test_training_curves_redraw_at_most_every_min_interval_and_at_the_end(monkey
     drawn = []
     monkeypatch.setattr(crack.callbacks, "save_figure", lambda figure, path: drawn.append(path))
     monkeypatch.setattr(crack.callbacks, "training_curves_figure", lambda history, ms: len(history))
-    curves = TrainingCurves(tmp_path / "curves.png", min_interval_s=3600)
+    now = [1000.0]
+    monkeypatch.setattr(crack.callbacks.time, "monotonic", lambda: now[0])
+    curves = TrainingCurves(tmp_path / "curves.png", min_interval_s=10)
     trainer = SimpleNamespace(
         callback_metrics={"val/loss": torch.tensor(0.5)}, is_global_zero=True, callbacks=[]
     )
-    for epoch in range(5):
+    curves.on_train_start(trainer, None)
+    for epoch in range(5):  # 2 s epochs: drawn once 10 s have passed since the start
+        now[0] += 2
         trainer.current_epoch = epoch
         curves.on_train_epoch_end(trainer, None)
-    assert len(drawn) == 1  # the first epoch; the next four came within the interval
+    assert len(drawn) == 1 and curves._drawn_rows == 5
     curves.on_train_end(trainer, None)
-    assert len(drawn) == 2 and curves._drawn_rows == 5
+    assert len(drawn) == 1  # nothing new to draw
     curves.on_exception(trainer, None, KeyboardInterrupt())
-    assert len(drawn) == 2  # nothing new to draw
+    assert len(drawn) == 1
 
-    curves = TrainingCurves(tmp_path / "curves.png", min_interval_s=0)
+    short = TrainingCurves(tmp_path / "curves.png", min_interval_s=10)
+    short.on_train_start(trainer, None)
+    for epoch in range(3):  # a run of a few seconds: drawn once, at the end
+        now[0] += 1
+        trainer.current_epoch = epoch
+        short.on_train_epoch_end(trainer, None)
+    assert len(drawn) == 1
+    short.on_train_end(trainer, None)
+    assert len(drawn) == 2 and short._drawn_rows == 3
+
+    every = TrainingCurves(tmp_path / "curves.png", min_interval_s=0)
+    every.on_train_start(trainer, None)
     for epoch in range(3):
         trainer.current_epoch = epoch
-        curves.on_train_epoch_end(trainer, None)
+        every.on_train_epoch_end(trainer, None)
     assert len(drawn) == 5  # every epoch
 
 
