@@ -207,12 +207,15 @@ class CrackClassifier(L.LightningModule):
         loss, logits, probs, decisions, labels = self._step(batch)
         self.validation_logits.append((logits.detach().float().cpu(), labels.cpu()))
         self.val_metrics.update(decisions, labels)
-        self.val_auroc.update(probs, labels)
         self.val_loss.update(loss, weight=len(labels))
         self.val_images.update(len(labels))
         self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
         self.log("val/num_images", self.val_images, on_epoch=True)
-        self.log("val/auroc", self.val_auroc, on_epoch=True)
+        # Not in the sanity check: its first batches can hold one class only (the split is in
+        # file order), where AUROC is undefined and torchmetrics warns on the console.
+        if not self.trainer.sanity_checking:
+            self.val_auroc.update(probs, labels)
+            self.log("val/auroc", self.val_auroc, on_epoch=True)
         self.log_dict(self.val_metrics, on_epoch=True)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

@@ -63,3 +63,25 @@ def test_every_backbone_keeps_the_contract(backbone, blocks, channels):
 def test_unknown_backbone_is_refused_with_the_choices():
     with pytest.raises(UserError, match="efficientnet_b0"):
         CrackClassifier(backbone="resnet50", weights=None)
+
+
+def test_sanity_check_on_one_class_batches_gives_no_auroc_warning():
+    """Validation in file order can start with crack photos only: the sanity check must not warn
+    that AUROC is undefined, and the epoch's validation still logs it."""
+    import warnings
+
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    images = torch.randn(16, 3, 32, 32)
+    labels = torch.tensor([1] * 8 + [0, 1] * 4)  # the first batch: cracks only
+    loader = DataLoader(TensorDataset(images, labels), batch_size=8)
+    trainer = L.Trainer(
+        max_epochs=1, num_sanity_val_steps=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(CrackClassifier(weights=None), loader, loader)
+    assert not [w for w in caught if "samples in targets" in str(w.message)]
+    assert "val/auroc" in trainer.callback_metrics
