@@ -229,8 +229,8 @@ class FeatureCache(L.Callback):
     The blocks that no staged-unfreezing milestone ever unfreezes, ``features[:k]``, are
     computed once per image (and orientation); the datamodule then serves their outputs and the
     model starts at block ``k``. With no milestones that is the whole backbone, stored
-    average-pooled; for ``experiment=finetune`` (last 2 blocks of MobileNetV2) the activation
-    entering ``features[17]``. Validation and test take the same path; the checkpoint stays a
+    average-pooled; for ``experiment=finetune`` (last 4 blocks of MobileNetV2) the activation
+    entering ``features[15]``. Validation and test take the same path; the checkpoint stays a
     whole model. When no block stays frozen or colour augmentation is on, the decoded images are
     stored instead; with ``enabled=False`` nothing is. The log says which, and why.
 

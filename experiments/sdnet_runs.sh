@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
-# SDNET walls with the project's commands: more unfrozen blocks, orientation augmentation.
-# The same photo-grouped 70/15/15 hold-out as project_runs.sh's sdnet_finetune (k=2, no augmentation).
+# SDNET walls with the project's commands: how many unfrozen blocks, with or without orientation
+# augmentation. The same photo-grouped 70/15/15 hold-out as project_runs.sh's sdnet_finetune
+# (2 blocks, no augmentation).
 #
-#   bash experiments/sdnet_runs.sh WEIGHTS SDNET OUT [BLOCKS ...]
+#   bash experiments/sdnet_runs.sh WEIGHTS SDNET OUT BLOCKS:AUGMENT ...
+#
+# BLOCKS:AUGMENT, e.g. 4:orient (the last 4 blocks, hflip + vflip + rot90) or 4:none
 set -euo pipefail
 WEIGHTS=$1 SDNET=$2 OUT=$3
 shift 3
 source "$(dirname "$0")/runs.sh"
-orientations=(data.augment.hflip=true data.augment.vflip=true data.augment.rot90=true)
+orient=(data.augment.hflip=true data.augment.vflip=true data.augment.rot90=true)
 
-for k in "${@:-4}"; do
-  step "sdnet_k${k}_aug" "$PY" train.py experiment=finetune data.root="$SDNET" "data.group_pattern='^(\d+)-'" \
-    data.split=[0.7,0.15,0.15] unfreeze_blocks="$k" "${orientations[@]}" "${common[@]}" hydra.run.dir="$OUT/sdnet_k${k}_aug"
-  step "eval_sdnet_k${k}_aug_test" "$PY" eval.py ckpt="$OUT/sdnet_k${k}_aug/checkpoints/best.ckpt" hydra.run.dir="$OUT/eval_sdnet_k${k}_aug_test"
+for config in "$@"; do
+  k=${config%%:*} augment=${config##*:}
+  extra=()
+  [[ $augment == orient ]] && extra=("${orient[@]}")
+  name="sdnet_k${k}_${augment}"
+  step "$name" "$PY" train.py experiment=finetune data.root="$SDNET" "data.group_pattern='^(\d+)-'" \
+    data.split=[0.7,0.15,0.15] unfreeze_blocks="$k" "${extra[@]}" "${common[@]}" hydra.run.dir="$OUT/$name"
+  step "eval_${name}_test" "$PY" eval.py ckpt="$OUT/$name/checkpoints/best.ckpt" hydra.run.dir="$OUT/eval_${name}_test"
 done
 summarize num_images accuracy balanced_accuracy recall precision auroc ece threshold unfamiliar_fraction

@@ -44,7 +44,7 @@ def test_experiment_composes_and_instantiates(experiment, tiny_dataset, tmp_path
         assert cfg.callbacks.early_stopping.patience == 3 and cfg.trainer.max_epochs == 15
     if experiment == "finetune":
         (milestone,) = staged[0].milestones
-        assert (milestone.blocks, milestone.lr_factor) == (2, 0.1)
+        assert (milestone.blocks, milestone.lr_factor) == (4, 0.1)
         assert cfg.trainer.max_epochs == 25
     if experiment == "demo":
         assert not staged and cfg.model.weights is None
