@@ -34,11 +34,17 @@ def quiet_lightning(resuming: bool = False) -> None:
       by the logger and callback connectors on every Trainer), and the note that the configured
       ``ParameterSummary`` replaces Lightning's default summary;
     - torch 2.14's FutureWarning about ``LeafSpec``, raised inside Lightning's own ``_pytree``;
+    - "The number of training batches (7) is smaller than the logging interval": on a few
+      hundred photos an epoch has fewer steps than ``log_every_n_steps``; the per-epoch values
+      (curves.png, TensorBoard's epoch curves) are complete anyway;
     - with ``resuming``: "Checkpoint directory ... exists and is not empty", which is expected
       when a run continues where its checkpoints are.
     """
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoNoise())
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    warnings.filterwarnings(
+        "ignore", message=r"The number of training batches \(\d+\) is smaller than the logging"
+    )
     if resuming:
         warnings.filterwarnings(
             "ignore", message=r"Checkpoint directory .* exists and is not empty"

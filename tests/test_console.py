@@ -27,6 +27,13 @@ def test_lightning_tips_and_known_warnings_are_silenced(caplog):
             UserWarning,
             stacklevel=1,
         )
+        warnings.warn(
+            "The number of training batches (7) is smaller than the logging interval "
+            "Trainer(log_every_n_steps=50). Set a lower value for log_every_n_steps if you want "
+            "to see logs for the training epoch.",
+            UserWarning,
+            stacklevel=1,
+        )
         warnings.warn("something else", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["something else"]
 
