@@ -9,15 +9,12 @@ set -euo pipefail
 WEIGHTS=$1 METU600=$2 METU_REST=$3 OUT=$4
 shift 4
 source "$(dirname "$0")/runs.sh"
-orient=(data.augment.hflip=true data.augment.vflip=true data.augment.rot90=true)
 
 for config in "$@"; do
-  k=${config%%:*} augment=${config##*:}
-  extra=()
-  [[ $augment == orient ]] && extra=("${orient[@]}")
-  name="metu600_k${k}_${augment}"
-  step "$name" "$PY" train.py experiment=finetune data.root="$METU600" unfreeze_blocks="$k" "${extra[@]}" \
-    "${common[@]}" hydra.run.dir="$OUT/$name"
+  recipe "$config"
+  name="metu600_k${config%%:*}_${config##*:}"
+  step "$name" "$PY" train.py experiment=finetune data.root="$METU600" "${recipe[@]}" "${common[@]}" \
+    hydra.run.dir="$OUT/$name"
   step "eval_${name}_rest" "$PY" eval.py ckpt="$OUT/$name/checkpoints/best.ckpt" data.root="$METU_REST" \
     hydra.run.dir="$OUT/eval_${name}_rest"
 done

@@ -78,6 +78,15 @@ def sdnet(args: argparse.Namespace) -> None:
     np.savez(args.out, described=np.concatenate(rows), labels=labels)
 
 
+def a_run(unique: np.ndarray, labels: np.ndarray, draw: int) -> tuple[np.ndarray, ...]:
+    """Draw ``draw`` of a 600-photo run (300 per class) split as train.py splits it: 480
+    training photos, 60 validation photos; and every other photo, never seen."""
+    rng = np.random.default_rng(draw)
+    chosen = np.concatenate([rng.permutation(unique[labels[unique] == y])[:300] for y in (0, 1)])
+    rng.shuffle(chosen)
+    return chosen[:480], chosen[480:540], np.setdiff1d(unique, chosen)
+
+
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     metu = np.load(args.metu)
@@ -93,36 +102,28 @@ def run(args: argparse.Namespace) -> None:
     grid = [(int(c), float(p), int(f)) for c in args.components.split(",")
             for p in args.percentiles.split(",") for f in args.folds.split(",")]  # fmt: skip
     for components, percentile, folds in grid:
-        if True:
-            if True:
-                flagged, flagged_sd = [], []
-                for draw in range(args.draws):
-                    rng = np.random.default_rng(draw)
-                    chosen = np.concatenate(
-                        [rng.permutation(unique[labels[unique] == y])[:300] for y in (0, 1)]
-                    )
-                    rng.shuffle(chosen)
-                    train, val = chosen[:480], chosen[480:540]
-                    others = np.setdiff1d(unique, chosen)
-                    fam = Familiarity(described.shape[1], components)
-                    fam.fit(described[train], described[val], percentile, folds)
-                    with torch.no_grad():
-                        flagged.append(float(fam.unfamiliar(fam(described[others])).float().mean()))
-                        flagged_sd.append(float(fam.unfamiliar(fam(sd)).float().mean()))
-                row = {
-                    "log_std": args.log_std,
-                    "components": components,
-                    "percentile": percentile,
-                    "folds": folds,
-                    "draws": args.draws,
-                    "metu_unseen_flagged_mean": float(np.mean(flagged)),
-                    "metu_unseen_flagged_max": float(np.max(flagged)),
-                    "sdnet_flagged_mean": float(np.mean(flagged_sd)),
-                    "sdnet_flagged_min": float(np.min(flagged_sd)),
-                }
-                print(json.dumps(row), flush=True)
-                with open(args.out, "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
+        flagged, flagged_sd = [], []
+        for draw in range(args.draws):
+            train, val, others = a_run(unique, labels, draw)
+            fam = Familiarity(described.shape[1], components)
+            fam.fit(described[train], described[val], percentile, folds)
+            with torch.no_grad():
+                flagged.append(float(fam.unfamiliar(fam(described[others])).float().mean()))
+                flagged_sd.append(float(fam.unfamiliar(fam(sd)).float().mean()))
+        row = {
+            "log_std": args.log_std,
+            "components": components,
+            "percentile": percentile,
+            "folds": folds,
+            "draws": args.draws,
+            "metu_unseen_flagged_mean": float(np.mean(flagged)),
+            "metu_unseen_flagged_max": float(np.max(flagged)),
+            "sdnet_flagged_mean": float(np.mean(flagged_sd)),
+            "sdnet_flagged_min": float(np.min(flagged_sd)),
+        }
+        print(json.dumps(row), flush=True)
+        with open(args.out, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 import torch
-from q6_familiarity import descriptors
+from q6_familiarity import a_run, descriptors
 
 metu, split = np.load(sys.argv[1]), np.load(sys.argv[2])
 unique = np.sort(np.concatenate([split[k] for k in ("train", "val", "test", "rest")]))
@@ -49,13 +49,7 @@ for k in (8, 16, 32, 64):
     for mode in ("maha", "res", "both"):
         fl, fs = [], []
         for draw in range(10):
-            rng = np.random.default_rng(draw)
-            chosen = np.concatenate(
-                [rng.permutation(unique[labels[unique] == y])[:300] for y in (0, 1)]
-            )
-            rng.shuffle(chosen)
-            tr, va = chosen[:480], chosen[480:540]
-            others = np.setdiff1d(unique, chosen)
+            tr, va, others = a_run(unique, labels, draw)
             unseen = []
             m = fit(D[tr], k)
             unseen.append(score(m, D[va], mode))

@@ -11,6 +11,14 @@ step() {  # name, command...: run it, log it, time it
   echo "$name: $((SECONDS - start)) s"
 }
 
+recipe() {  # BLOCKS:AUGMENT (e.g. 4:orient, 2:none): the finetune overrides, in the array "recipe"
+  local augment=${1##*:}
+  recipe=(unfreeze_blocks="${1%%:*}")
+  if [[ $augment == orient ]]; then
+    recipe+=(data.augment.hflip=true data.augment.vflip=true data.augment.rot90=true)
+  fi
+}
+
 summarize() {  # metric names: print them for every OUT/eval_*/metrics.json, write OUT/summary.json
   "$PY" - "$OUT" "$@" <<'PYEOF'
 import json

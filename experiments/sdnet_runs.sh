@@ -10,15 +10,12 @@ set -euo pipefail
 WEIGHTS=$1 SDNET=$2 OUT=$3
 shift 3
 source "$(dirname "$0")/runs.sh"
-orient=(data.augment.hflip=true data.augment.vflip=true data.augment.rot90=true)
 
 for config in "$@"; do
-  k=${config%%:*} augment=${config##*:}
-  extra=()
-  [[ $augment == orient ]] && extra=("${orient[@]}")
-  name="sdnet_k${k}_${augment}"
+  recipe "$config"
+  name="sdnet_k${config%%:*}_${config##*:}"
   step "$name" "$PY" train.py experiment=finetune data.root="$SDNET" "data.group_pattern='^(\d+)-'" \
-    data.split=[0.7,0.15,0.15] unfreeze_blocks="$k" "${extra[@]}" "${common[@]}" hydra.run.dir="$OUT/$name"
+    data.split=[0.7,0.15,0.15] "${recipe[@]}" "${common[@]}" hydra.run.dir="$OUT/$name"
   step "eval_${name}_test" "$PY" eval.py ckpt="$OUT/$name/checkpoints/best.ckpt" hydra.run.dir="$OUT/eval_${name}_test"
 done
 summarize num_images accuracy balanced_accuracy recall precision auroc ece threshold unfamiliar_fraction
