@@ -177,7 +177,7 @@ class TrainingCurves(Callback):
     last drawing (or since training started), and always when training ends or stops on an
     error or interrupt: it can be watched during training, epochs of a second or less (training
     on stored features) do not spend a third of their time drawing, and a run of a few seconds
-    draws it once (a drawing takes about 0.3 s). Its history is part of the checkpoint, so a
+    draws it once (a drawing takes about 0.2 s). Its history is part of the checkpoint, so a
     resumed run continues it.
     """
 
