@@ -5,7 +5,8 @@
 #
 #   bash experiments/sdnet_runs.sh WEIGHTS SDNET OUT BLOCKS:AUGMENT ...
 #
-# BLOCKS:AUGMENT, e.g. 4:orient (the last 4 blocks, hflip + vflip + rot90) or 4:none
+# BLOCKS:AUGMENT, e.g. 4:orient (the last 4 blocks, hflip + vflip + rot90) or 4:none.
+# SPLIT_SEED=N (default 0) draws another photo split (data.split_seed); the runs' names end in _sN.
 set -euo pipefail
 WEIGHTS=$1 SDNET=$2 OUT=$3
 shift 3
@@ -13,9 +14,10 @@ source "$(dirname "$0")/runs.sh"
 
 for config in "$@"; do
   recipe "$config"
-  name="sdnet_k${config%%:*}_${config##*:}"
+  seed=${SPLIT_SEED:-0}
+  name="sdnet_k${config%%:*}_${config##*:}$([[ $seed == 0 ]] || echo "_s$seed")"
   step "$name" "$PY" train.py experiment=finetune data.root="$SDNET" "data.group_pattern='^(\d+)-'" \
-    data.split=[0.7,0.15,0.15] "${recipe[@]}" "${common[@]}" hydra.run.dir="$OUT/$name"
+    data.split=[0.7,0.15,0.15] data.split_seed="$seed" "${recipe[@]}" "${common[@]}" hydra.run.dir="$OUT/$name"
   step "eval_${name}_test" "$PY" eval.py ckpt="$OUT/$name/checkpoints/best.ckpt" hydra.run.dir="$OUT/eval_${name}_test"
 done
 summarize num_images accuracy balanced_accuracy recall precision auroc ece threshold unfamiliar_fraction
