@@ -84,11 +84,11 @@ def _runs(head_epochs: int, cache_dir: Path) -> list[tuple[str, str, list[str]]]
     """(name, experiment, overrides) of the train.py runs, in order: each experiment from an
     empty cache, then reusing it; then finetune trained in float32 (its own empty cache), and
     with the frozen blocks' pass in bfloat16 too (its own stores)."""
+    finetune = [f"head_epochs={head_epochs}"]
     runs = []
     for experiment in EXPERIMENTS:
-        extra = [f"head_epochs={head_epochs}"] if experiment == "finetune" else []
+        extra = finetune if experiment == "finetune" else []
         runs += [(experiment, experiment, extra), (f"{experiment}_reuse", experiment, extra)]
-    finetune = [f"head_epochs={head_epochs}"]
     fp32 = ["trainer.precision=32-true", f"data.cache_dir={cache_dir}_fp32"]
     bf16 = ["trainer.precision=bf16-mixed", "inference.precision=bf16"]
     return [

@@ -251,9 +251,11 @@ class FeatureCache(L.Callback):
             None if milestones is None else max((m["blocks"] for m in milestones), default=0)
         )
         self.enabled = enabled
-        inference = dict(inference or {})
-        check_options(inference.get("runtime", "auto"), inference.get("precision", "32"))
-        self.inference = inference
+        inference = inference or {}
+        runtime, precision = check_options(
+            inference.get("runtime", "auto"), inference.get("precision", "32")
+        )
+        self.inference = {"runtime": runtime, "precision": precision}
         self._said = ""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

@@ -30,6 +30,7 @@ BLOCKS = (3, 6, 10)  # crack.backbones: MobileNetV2's statistics blocks
 
 
 PIXELS = {3: 56 * 56, 6: 28 * 28, 10: 14 * 14}  # each block's output size at 224 px
+CHANNELS = {3: 24, 6: 32, 10: 64}  # each block's output channels
 
 
 def descriptors(stats: np.ndarray, channels: np.ndarray) -> np.ndarray:
@@ -42,12 +43,6 @@ def descriptors(stats: np.ndarray, channels: np.ndarray) -> np.ndarray:
         n = PIXELS[b]
         parts += [stats[:, mean], stats[:, std] * np.sqrt((n - 1) / n)]
     return np.concatenate(parts, 1)
-
-
-def _pairs(described: torch.Tensor) -> list[torch.Tensor]:
-    """The (mean, std) column blocks of each of BLOCKS in a descriptor row (24, 32, 64 channels)."""
-    widths = {3: 24, 6: 32, 10: 64}
-    return [torch.zeros(2 * widths[b]) for b in BLOCKS]
 
 
 def sdnet(args: argparse.Namespace) -> None:
@@ -96,7 +91,8 @@ def run(args: argparse.Namespace) -> None:
     labels = metu["labels"]
     sd = torch.from_numpy(np.load(args.sdnet)["described"]).float()
     if args.log_std:  # the std half of each block's pair, on a log scale
-        is_std = torch.cat([torch.arange(len(b)) >= len(b) // 2 for b in _pairs(described)])
+        # A descriptor row is (mean, std) of each block's channels, block after block.
+        is_std = torch.cat([torch.arange(2 * CHANNELS[b]) >= CHANNELS[b] for b in BLOCKS])
         described = torch.where(is_std, described.clamp(min=1e-6).log(), described)
         sd = torch.where(is_std, sd.clamp(min=1e-6).log(), sd)
     grid = [(int(c), float(p), int(f)) for c in args.components.split(",")
