@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+from contextlib import suppress
 from pathlib import Path
 
 import lightning as L
@@ -22,6 +23,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from crack.atomic import AtomicCheckpointIO
 from crack.checkpoint import DATA_STATE_KEY, read_checkpoint
 from crack.data import CrackDataModule
 from crack.errors import UserError
@@ -92,6 +94,10 @@ class ResumeHint(L.Callback):
     ) -> None:
         if not isinstance(exception, KeyboardInterrupt | SIGTERMException):
             return
+        checkpoint_io = trainer.strategy.checkpoint_io
+        if isinstance(checkpoint_io, AtomicCheckpointIO):  # the last epoch's may still be writing
+            with suppress(OSError):  # a failed write: then there is no file to point to
+                checkpoint_io.wait()
         if (self.run_dir / LAST_CHECKPOINT).is_file():
             log.warning(
                 "Training stopped in epoch %d; %s holds the last completed epoch. Continue with: "
