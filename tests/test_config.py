@@ -8,6 +8,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
+from crack.atomic import AtomicCheckpointIO
 from crack.cache import FeatureCache
 from crack.callbacks import StagedUnfreezing
 
@@ -140,3 +141,14 @@ def test_every_augmentation_is_a_config_key_with_its_default(tmp_path):
     flags = ["data.augment.hflip=true", "data.augment.vflip=true", "data.augment.rot90=true"]
     chosen = _compose("train", overrides + flags).data.augment
     assert Augmentation(**chosen).variants() == list(range(8))
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_the_trainer_writes_checkpoints_atomically_in_the_background_unless_told(
+    background, tmp_path
+):
+    overrides = [] if background else ["trainer.plugins.0.background=false"]
+    cfg = _compose("train", [*overrides, f"hydra.runtime.output_dir={tmp_path}"])
+    trainer = instantiate(cfg.trainer, logger=False)
+    io = trainer.strategy.checkpoint_io
+    assert isinstance(io, AtomicCheckpointIO) and io.background is background
