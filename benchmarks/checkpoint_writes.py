@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from benchmarks.training import _warm_up, run_experiment
+from benchmarks.training import _warm_up, run_experiment, train_overrides
 from crack.allocator import keep_freed_memory
 from crack.atomic import AtomicCheckpointIO
 from crack.data import CrackDataModule
@@ -83,14 +83,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, list[float]]]
         _warm_up(workdir, datamodule)
         for run in range(args.rounds * len(VARIANTS)):
             name, background = list(VARIANTS.items())[run % len(VARIANTS)]
+            cache_dir = workdir / f"cache{run}"  # empty: the store is built
             overrides = [
-                f"data.root={datamodule.root}",
-                f"model.weights_path={Path(args.weights_path).resolve()}",
-                f"data.image_size={args.image_size}",
-                f"data.cache_dir={workdir / f'cache{run}'}",  # empty: the store is built
-                f"trainer.max_epochs={args.epochs}",
-                "callbacks.early_stopping=null",
-                "+trainer.enable_progress_bar=false",
+                *train_overrides(datamodule, args.weights_path, cache_dir, args.epochs),
                 f"trainer.plugins.0.background={background}",
             ]
             with waiting_time() as waited:

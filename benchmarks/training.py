@@ -98,6 +98,24 @@ def _runs(head_epochs: int, cache_dir: Path) -> list[tuple[str, str, list[str]]]
     ]
 
 
+def train_overrides(
+    datamodule: CrackDataModule, weights_path: str | Path, cache_dir: Path, epochs: int
+) -> list[str]:
+    """The train.py overrides of every benchmarked run: ``datamodule``'s data and settings,
+    local weights, exactly ``epochs`` epochs (no early stopping), no progress bar."""
+    return [
+        f"data.root={datamodule.root}",
+        f"model.weights_path={Path(weights_path).resolve()}",
+        f"data.image_size={datamodule.preprocessing.image_size}",
+        f"data.batch_size={datamodule.settings.batch_size}",
+        f"data.num_workers={datamodule.settings.num_workers}",
+        f"data.cache_dir={cache_dir}",
+        f"trainer.max_epochs={epochs}",
+        "callbacks.early_stopping=null",
+        "+trainer.enable_progress_bar=false",
+    ]
+
+
 def _row(seconds: float, images: int, test_accuracy: float | None = None) -> dict:
     seconds = round(seconds, 3)
     row = {"seconds": seconds, "images_per_s": round(images / seconds, 2)}
@@ -361,17 +379,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "device": str(device),
         "keep_freed_memory": malloc_tuned,
     }
-    overrides = [
-        f"data.root={datamodule.root}",
-        f"model.weights_path={Path(args.weights_path).resolve()}",
-        f"data.image_size={args.image_size}",
-        f"data.batch_size={args.batch_size}",
-        f"data.num_workers={datamodule.settings.num_workers}",
-        f"data.cache_dir={cache_dir}",
-        f"trainer.max_epochs={args.epochs}",
-        "callbacks.early_stopping=null",
-        "+trainer.enable_progress_bar=false",
-    ]
+    overrides = train_overrides(datamodule, args.weights_path, cache_dir, args.epochs)
     try:
         _warm_up(workdir, datamodule)
         for name, runtime, precision in FLOORS:
