@@ -4,7 +4,7 @@ augmentation) rank the SDNET walls better?
 A trained checkpoint's test split (from its stored manifest) is scored once as it is and once
 per orientation; the mean of the 8 logits is compared with the plain logit by AUROC, and by
 balanced accuracy and recall at the operating point, re-chosen the way train.py chooses it
-(`crack.calibration`) on the validation split scored the same way.
+(`crack.calibration.recall_threshold`, recall 0.95) on the validation split scored the same way.
 
     python experiments/q9_tta.py CKPT [CKPT ...] --out OUT.jsonl
 """
@@ -21,6 +21,7 @@ from torchmetrics.functional.classification import binary_auroc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from crack.allocator import keep_freed_memory
+from crack.calibration import recall_threshold
 from crack.checkpoint import load_trained_model
 from crack.preprocessing import dihedral, load_rgb
 
@@ -43,12 +44,6 @@ def logits(trained, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(rows).float(), torch.tensor([s.label for s in samples])
 
 
-def at_recall(scores: torch.Tensor, labels: torch.Tensor, recall: float = 0.95) -> float:
-    """The highest threshold at which ``recall`` of the cracks score at or above it."""
-    cracks = scores[labels == 1].sort(descending=True).values
-    return float(cracks[max(0, int(torch.ceil(torch.tensor(recall * len(cracks)))) - 1)])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("ckpts", nargs="+")
@@ -61,8 +56,8 @@ def main() -> None:
         val, val_labels = logits(trained, "val")
         test, test_labels = logits(trained, "test")
         for name, pick in (("plain", lambda x: x[:, 0]), ("mean of 8", lambda x: x.mean(1))):
-            threshold = at_recall(pick(val), val_labels)
-            decided = pick(test) >= threshold
+            threshold = recall_threshold(pick(val), val_labels, recall=0.95)
+            decided = torch.sigmoid(pick(test)) >= threshold
             tpr = float(decided[test_labels == 1].float().mean())
             tnr = float((~decided[test_labels == 0]).float().mean())
             row = {
