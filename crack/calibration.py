@@ -90,7 +90,7 @@ class CalibrationSettings:
 
     recall: float = 0.95  # the threshold: the highest reaching this recall on validation
     temperature: bool = True  # fit a temperature on validation (false: keep 1)
-    percentile: float = 99.0  # familiarity: flag above this percentile of validation scores
+    percentile: float = 99.0  # familiarity: flag above this percentile of out-of-fold scores
     max_images: int = 2000  # familiarity: fit on at most this many training images
 
 
@@ -142,7 +142,7 @@ def calibrate(model: CrackClassifier, datamodule, settings: CalibrationSettings)
 
     fit_on = _statistics(model, datamodule, "train", settings.max_images)
     val = _statistics(model, datamodule, "val")
-    model.familiarity.fit(fit_on, val, settings.percentile)
+    model.familiarity.fit(torch.cat([fit_on, val]), settings.percentile)
     chosen = {
         "temperature": temperature,
         "threshold": threshold,
@@ -151,15 +151,15 @@ def calibrate(model: CrackClassifier, datamodule, settings: CalibrationSettings)
         "val_ece_before": expected_calibration_error(torch.sigmoid(logits), labels),
         "val_ece": expected_calibration_error(probs, labels),
         "familiarity_threshold": float(model.familiarity.threshold),
-        "familiarity_fit_images": len(fit_on),
+        "familiarity_fit_images": len(fit_on) + len(val),
     }
     log.info(
         "Calibrated on %d validation images: temperature %.3f (ECE %.4f -> %.4f), threshold "
-        "%.4f (recall >= %.2f); unfamiliar above a score of %.3f (%gth percentile of validation, "
-        "fitted on %d training images)",
+        "%.4f (recall >= %.2f); unfamiliar above a score of %.3f (%gth percentile of the "
+        "out-of-fold scores of the %d training and validation images it was fitted on)",
         chosen["val_images"], temperature, chosen["val_ece_before"], chosen["val_ece"],
         threshold, settings.recall, chosen["familiarity_threshold"], settings.percentile,
-        len(fit_on),
+        chosen["familiarity_fit_images"],
     )  # fmt: skip
     return chosen
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from crack.backbones import DEFAULT_BACKBONE, EARLIER_STATISTICS_BLOCKS
 from crack.errors import UserError
 from crack.model import CrackClassifier
 from crack.preprocessing import Preprocessing
@@ -63,6 +64,8 @@ def load_trained_model(path: str | Path) -> TrainedModel:
     checkpoint = read_checkpoint(path)
     # The weights come from the checkpoint: never download or read the pretrained ones again.
     hparams = {**checkpoint["hyper_parameters"], "weights": None, "weights_path": None}
+    backbone = hparams.get("backbone", DEFAULT_BACKBONE)
+    hparams.setdefault("statistics_blocks", EARLIER_STATISTICS_BLOCKS.get(backbone))
     try:
         model = CrackClassifier(**hparams)
     except TypeError as error:

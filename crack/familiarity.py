@@ -4,10 +4,11 @@ A model trained on one surface answers with confidence on any photo, right or wr
 cannot see in its answer, it can see on the way: the mean and standard deviation of each
 channel's activation after a few intermediate blocks describe a photo's textures, colours and
 contrast at several scales. The training photos' descriptions form a cloud; the score of a photo
-is its Mahalanobis distance from that cloud (per dimension, so that its size does not depend on
-the backbone), with the covariance shrunk towards a multiple of the identity so that a few
-hundred photos are enough to fit it. The threshold is a high percentile of the validation
-photos' scores: photos the model was not trained on, but like those it was.
+is its Mahalanobis distance from that cloud in its principal directions (at most `COMPONENTS`
+of them, so that a few hundred photos are enough to fit it), per direction, so that its size does
+not depend on the backbone. The threshold is a high percentile of the scores of photos like the
+training photos but unseen by the fit: each training and validation photo scored by a fit on
+the others.
 """
 
 from __future__ import annotations
@@ -79,21 +80,21 @@ class Familiarity(nn.Module):
         self.used.fill_(max(1, keep))
 
     @torch.no_grad()
-    def fit(
-        self, train: torch.Tensor, val: torch.Tensor, percentile: float = 99.0, folds: int = 5
-    ) -> None:
-        """Fit mean and principal directions on ``train``; the threshold at ``percentile`` of
-        the scores of photos the fit has not seen: ``val``, and each ``train`` photo scored by
-        a fit on the other ``folds - 1`` folds.
+    def fit(self, photos: torch.Tensor, percentile: float = 99.0, folds: int = 5) -> None:
+        """Fit mean and principal directions on all ``photos`` (rows of block statistics:
+        training and validation photos); the threshold at ``percentile`` of their out-of-fold
+        scores, each photo scored by a fit on the other ``folds - 1`` folds.
 
-        A high percentile of a few dozen validation photos is little more than their largest
-        score; with the training photos' out-of-fold scores it rests on all the photos.
+        Every photo both shapes the fit and, unseen by it, the threshold: the fit is the limit
+        on a few hundred photos (experiments/RESULTS.md, Q6 and Q10), and a high percentile of a
+        few dozen validation photos alone is little more than their largest score.
         """
-        unseen = [self(val)]
-        if len(train) >= 2 * folds:
-            for fold in range(folds):
-                others = [train[i::folds] for i in range(folds) if i != fold]
-                self._fit_directions(torch.cat(others))
-                unseen.append(self(train[fold::folds]))
-        self._fit_directions(train)
+        folds = min(folds, len(photos))
+        if folds < 2:
+            raise ValueError(f"the familiarity fit needs at least 2 photos, got {len(photos)}")
+        unseen = []
+        for fold in range(folds):
+            self._fit_directions(torch.cat([photos[i::folds] for i in range(folds) if i != fold]))
+            unseen.append(self(photos[fold::folds]))
+        self._fit_directions(photos)
         self.threshold.copy_(torch.quantile(torch.cat(unseen).double(), percentile / 100))

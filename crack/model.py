@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import lightning as L
@@ -19,7 +19,8 @@ from torchmetrics.classification import (
     BinaryRecall,
 )
 
-from crack.backbones import DEFAULT_BACKBONE, get_backbone
+from crack.backbones import DEFAULT_BACKBONE, Backbone, get_backbone
+from crack.errors import UserError
 from crack.familiarity import Familiarity, block_statistics
 from crack.weights import download_torchvision_weights, load_backbone_weights, read_state_dict
 
@@ -39,6 +40,19 @@ def decision_metrics() -> MetricCollection:
     )
 
 
+def _statistics_blocks(blocks: Sequence[int] | None, spec: Backbone, count: int) -> tuple[int, ...]:
+    """``model.statistics_blocks``, checked against the backbone's ``count`` blocks."""
+    if blocks is None:
+        return spec.statistics_blocks
+    chosen = tuple(sorted({int(b) for b in blocks}))
+    if not chosen or chosen[0] < 0 or chosen[-1] >= count:
+        raise UserError(
+            f"model.statistics_blocks={list(blocks)} must name blocks 0 to {count - 1} of "
+            f"{spec.name}, e.g. {list(spec.statistics_blocks)}."
+        )
+    return chosen
+
+
 class CrackClassifier(L.LightningModule):
     """Backbone features -> global average pool -> dropout -> Linear(channels, 1), trained with BCE.
 
@@ -56,6 +70,8 @@ class CrackClassifier(L.LightningModule):
             tensor-core GPUs; the same results).
         compile: compile the forward pass with ``torch.compile`` (worth it on GPUs; on CPUs the
             compilation takes minutes).
+        statistics_blocks: the blocks whose activation statistics describe a photo for the
+            unfamiliar-photo score; None for the backbone's (`crack.backbones`).
     """
 
     def __init__(
@@ -69,6 +85,7 @@ class CrackClassifier(L.LightningModule):
         scheduler: Callable | None = None,
         channels_last: bool = True,
         compile: bool = False,
+        statistics_blocks: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         # The optimizer and scheduler are not needed to rebuild the model and are not plain data;
@@ -79,6 +96,9 @@ class CrackClassifier(L.LightningModule):
 
         spec = get_backbone(backbone)
         self.features = spec.features()
+        self.statistics_blocks = _statistics_blocks(statistics_blocks, spec, len(self.features))
+        # The blocks chosen, not None: a later default must not change what a checkpoint means.
+        self.hparams["statistics_blocks"] = list(self.statistics_blocks)
         if weights_path:
             state = read_state_dict(weights_path)
             load_backbone_weights(self.features, state, str(weights_path), spec)
@@ -102,7 +122,6 @@ class CrackClassifier(L.LightningModule):
         # (crack.calibration); buffers, so the checkpoint and the exports carry them.
         self.register_buffer("temperature", torch.tensor(1.0))
         self.register_buffer("threshold", torch.tensor(0.5))
-        self.statistics_blocks = spec.statistics_blocks
         # The statistics' size, from the blocks up to the last described one.
         described_part = self.features[: max(self.statistics_blocks) + 1]
         with torch.no_grad():
@@ -243,8 +262,13 @@ class CrackClassifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Checkpoints written before calibration existed: uncalibrated (T 1, threshold 0.5,
-        nothing flagged), not refused."""
+        nothing flagged), not refused. Familiarity statistics of other blocks than this model's
+        (``init_from`` or a resumed run of an earlier version) are dropped: nothing is flagged
+        until calibration fits them again."""
         state = checkpoint["state_dict"]
+        own = {k: v for k, v in self.state_dict().items() if k.startswith("familiarity.")}
+        if any(k in state and state[k].shape != v.shape for k, v in own.items()):
+            state.update(own)
         for key, value in self.state_dict().items():
             if key.startswith(("temperature", "threshold", "familiarity.")):
                 state.setdefault(key, value)

@@ -24,9 +24,8 @@ import torch
 from common import MEAN, STD, backbone, block_slices, list_images
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from crack.familiarity import Familiarity
 
-BLOCKS = (3, 6, 10)  # crack.backbones: MobileNetV2's statistics blocks
+BLOCKS = (3, 6, 10)  # MobileNetV2's statistics blocks until Q10
 
 
 PIXELS = {3: 56 * 56, 6: 28 * 28, 10: 14 * 14}  # each block's output size at 224 px
@@ -83,6 +82,8 @@ def a_run(unique: np.ndarray, labels: np.ndarray, draw: int) -> tuple[np.ndarray
 
 
 def run(args: argparse.Namespace) -> None:
+    from q10_familiarity_fit import Variant  # the fit as it was when Q6 ran
+
     torch.set_num_threads(1)
     metu = np.load(args.metu)
     split = np.load(args.split)
@@ -101,8 +102,8 @@ def run(args: argparse.Namespace) -> None:
         flagged, flagged_sd = [], []
         for draw in range(args.draws):
             train, val, others = a_run(unique, labels, draw)
-            fam = Familiarity(described.shape[1], components)
-            fam.fit(described[train], described[val], percentile, folds)
+            fam = Variant(described.shape[1], components, ridge=0.0, knn=0)
+            fam.fit_as("project", described[train], described[val], percentile, folds)
             with torch.no_grad():
                 flagged.append(float(fam.unfamiliar(fam(described[others])).float().mean()))
                 flagged_sd.append(float(fam.unfamiliar(fam(sd)).float().mean()))

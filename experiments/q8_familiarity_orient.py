@@ -31,11 +31,12 @@ from common import MEAN, STD, backbone
 from extract import dihedral
 from PIL import Image
 from q6_familiarity import BLOCKS, a_run, descriptors
+from q10_familiarity_fit import Variant  # the fit as it was when Q8 ran
 from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from crack.allocator import keep_freed_memory
-from crack.familiarity import Familiarity, block_statistics
+from crack.familiarity import COMPONENTS, block_statistics
 
 
 def variant_statistics(paths: list[str], weights: str) -> np.ndarray:
@@ -105,8 +106,8 @@ def main() -> None:
             for train, val, others in draws:
                 x_train = described[train] if fit_on == "as is" else oriented(train)
                 x_val = described[val] if threshold_on == "as is" else oriented(val)
-                fam = Familiarity(described.shape[1])
-                fam.fit(x_train, x_val, percentile)
+                fam = Variant(described.shape[1], COMPONENTS, ridge=0.0, knn=0)
+                fam.fit_as("project", x_train, x_val, percentile)
                 with torch.no_grad():
                     flagged.append(float(fam.unfamiliar(fam(described[others])).float().mean()))
                     flagged_sd.append(float(fam.unfamiliar(fam(sd)).float().mean()))

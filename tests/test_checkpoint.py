@@ -44,6 +44,41 @@ def test_a_train_checkpoint_rebuilds_model_and_split(checkpoint, tmp_path):
     assert torch.equal(weights, checkpoint["state_dict"]["head.3.weight"])
 
 
+def test_checkpoints_from_before_statistics_blocks_keep_their_familiarity(tiny_dataset, tmp_path):
+    """A checkpoint whose hyperparameters do not name the statistics blocks was described by
+    the blocks of its time: it loads with them and its fitted statistics, and ``init_from`` it
+    into a model of today's blocks starts that model's familiarity unfitted."""
+    earlier = CrackClassifier(weights=None, statistics_blocks=[3, 6, 10])
+    earlier.familiarity.threshold.fill_(2.5)
+    earlier.familiarity.mean.fill_(0.25)
+    data = CrackDataModule(str(tiny_dataset), image_size=32, num_workers=0)
+    data.setup()
+    hparams = {k: v for k, v in earlier.hparams.items() if k != "statistics_blocks"}
+    checkpoint = {
+        "state_dict": earlier.state_dict(),
+        "hyper_parameters": hparams,
+        DATA_STATE_KEY: data.state_dict(),
+    }
+    torch.save(checkpoint, tmp_path / "earlier.ckpt")
+    loaded = load_trained_model(tmp_path / "earlier.ckpt").model
+    assert loaded.statistics_blocks == (3, 6, 10)
+    assert float(loaded.familiarity.threshold) == 2.5
+    torch.testing.assert_close(loaded.familiarity.mean, earlier.familiarity.mean)
+
+    today = CrackClassifier(weights=None)
+    assert today.statistics_blocks == (4, 7, 10)
+    load_weights_from(today, tmp_path / "earlier.ckpt")
+    torch.testing.assert_close(today.state_dict()["head.3.weight"], earlier.head[3].weight)
+    assert today.familiarity.threshold == float("inf") and not today.familiarity.mean.any()
+
+
+def test_statistics_blocks_out_of_range_are_a_user_error():
+    with pytest.raises(
+        UserError, match=r"model.statistics_blocks=\[4, 19\] must name blocks 0 to 18"
+    ):
+        CrackClassifier(weights=None, statistics_blocks=[4, 19])
+
+
 def test_pickled_code_is_never_run(checkpoint, tmp_path):
     marker = tmp_path / "code_ran"
     torch.save({**checkpoint, "extra": RunsCode(str(marker))}, tmp_path / "evil.ckpt")

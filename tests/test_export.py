@@ -87,7 +87,7 @@ def test_exports_carry_the_calibration_and_the_unfamiliar_score(trained_checkpoi
     with torch.no_grad():
         model.temperature.fill_(2.5)
         described = torch.randn(50, model.familiarity.mean.numel())
-        model.familiarity.fit(described, described[:10] + 1)
+        model.familiarity.fit(torch.cat([described, described[:10] + 1]))
     exported = ProbabilityModel.of(model)
     path = export_onnx(exported, tmp_path / "c.onnx", trained.preprocessing, trained.classes, 0.3)
     onnx_model = OnnxClassifier(path)

@@ -14,11 +14,30 @@ def test_fit_puts_the_threshold_at_the_percentile_of_unseen_photos():
     train, val = torch.randn(400, 8, generator=generator), torch.randn(40, 8, generator=generator)
     familiarity = Familiarity(8)
     assert not familiarity.unfamiliar(familiarity(val * 100)).any()  # unfitted: flags nothing
-    familiarity.fit(train, val, percentile=95)
+    familiarity.fit(torch.cat([train, val]), percentile=95)
     new = torch.randn(4000, 8, generator=generator)  # more photos like the training ones
     assert 0.03 < familiarity.unfamiliar(familiarity(new)).float().mean() < 0.08
     shifted = torch.randn(200, 8, generator=generator) + 3
     assert familiarity.unfamiliar(familiarity(shifted)).float().mean() > 0.95
+
+
+def test_the_threshold_rests_on_every_photo_scored_by_a_fit_without_it():
+    """Each photo is scored by a fit on the other folds (never by one that saw it), and the
+    kept fit is the one on all photos."""
+    generator = torch.Generator().manual_seed(1)
+    photos = torch.randn(60, 3, generator=generator)
+    familiarity = Familiarity(3)
+    familiarity.fit(photos, percentile=90, folds=3)
+    unseen = []
+    for fold in range(3):
+        alone = Familiarity(3)
+        alone._fit_directions(torch.cat([photos[i::3] for i in range(3) if i != fold]))
+        unseen.append(alone(photos[fold::3]))
+    expected = torch.quantile(torch.cat(unseen).double(), 0.9)
+    torch.testing.assert_close(familiarity.threshold.double(), expected)
+    kept = Familiarity(3)
+    kept._fit_directions(photos)
+    torch.testing.assert_close(familiarity(photos), kept(photos))
 
 
 def _described(model, images):
@@ -58,7 +77,7 @@ def test_photos_unlike_the_training_photos_are_flagged(trained_checkpoint):
             [Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)) for _ in range(n)],
         )
 
-    model.familiarity.fit(_described(model, concrete(200)), _described(model, concrete(100)))
+    model.familiarity.fit(_described(model, concrete(300)))
     scores = {name: model.familiarity(_described(model, make(100))) for name, make in
               (("concrete", concrete), ("bricks", bricks), ("noise", noise))}  # fmt: skip
     flagged = {

@@ -28,7 +28,7 @@ def model(trained_checkpoint):
     images = synthetic_images(trained, 24, seed=0)
     with torch.no_grad():
         _, described = block_statistics(classifier.features, images, classifier.statistics_blocks)
-    classifier.familiarity.fit(described[:16], described[16:])
+    classifier.familiarity.fit(described)
     return ProbabilityModel.of(classifier), synthetic_images(trained, 9, seed=1)
 
 
