@@ -103,6 +103,17 @@ class Variant(Familiarity):
         return distances.topk(self.knn, dim=1, largest=False).values.mean(1)
 
 
+def a_contiguous_run(unique: np.ndarray, labels: np.ndarray, draw: int) -> tuple[np.ndarray, ...]:
+    """As ``a_run``, but the 300 photos of each class are consecutive in name order (chunk
+    ``draw``), as a user's photos come from a few sites: the unseen photos are of others."""
+    rng = np.random.default_rng(draw)
+    chosen = np.concatenate(
+        [unique[labels[unique] == y][300 * draw : 300 * (draw + 1)] for y in (0, 1)]
+    )
+    rng.shuffle(chosen)
+    return chosen[:480], chosen[480:540], np.setdiff1d(unique, chosen)
+
+
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     metu, sdnet = np.load(args.metu), np.load(args.sdnet)
@@ -127,7 +138,8 @@ def run(args: argparse.Namespace) -> None:
         described, sd = cache[blocks_text]
         flagged, flagged_sd, separation = [], [], []
         for draw in range(args.draws):
-            train, val, others = a_run(unique, labels, draw)
+            drawn = a_contiguous_run if args.draw == "contiguous" else a_run
+            train, val, others = drawn(unique, labels, draw)
             fam = Variant(described.shape[1], components, ridge, knn)
             fam.fit_as(fit_on, described[train], described[val], args.percentile)
             with torch.no_grad():
@@ -144,6 +156,7 @@ def run(args: argparse.Namespace) -> None:
             "knn": knn,
             "percentile": args.percentile,
             "draws": args.draws,
+            "draw": args.draw,
             "metu_unseen_flagged_mean": float(np.mean(flagged)),
             "metu_unseen_flagged_max": float(np.max(flagged)),
             "sdnet_flagged_mean": float(np.mean(flagged_sd)),
@@ -167,6 +180,7 @@ def main() -> None:
     ap.add_argument("--components", default="64")
     ap.add_argument("--knn", default="0")
     ap.add_argument("--percentile", type=float, default=99.0)
+    ap.add_argument("--draw", choices=["random", "contiguous"], default="random")
     run(ap.parse_args())
 
 

@@ -118,7 +118,7 @@ def test_stored_features_give_the_same_logits(
     with torch.inference_mode():
         _, described = model.features_until(batch, len(model.features), statistics=True)
     stored_statistics = torch.from_numpy(np.load(arrays["statistics"]))
-    assert stored_statistics.shape == described.shape == (len(batch), 2 * (32 + 64 + 64))
+    assert stored_statistics.shape == described.shape == (len(batch), 2 * (64 + 64 + 64))
     torch.testing.assert_close(stored_statistics, described, rtol=1e-3, atol=1e-4)  # batches of 8
 
 

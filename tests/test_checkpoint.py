@@ -66,7 +66,7 @@ def test_checkpoints_from_before_statistics_blocks_keep_their_familiarity(tiny_d
     torch.testing.assert_close(loaded.familiarity.mean, earlier.familiarity.mean)
 
     today = CrackClassifier(weights=None)
-    assert today.statistics_blocks == (4, 7, 10)
+    assert today.statistics_blocks == (8, 9, 10)
     load_weights_from(today, tmp_path / "earlier.ckpt")
     torch.testing.assert_close(today.state_dict()["head.3.weight"], earlier.head[3].weight)
     assert today.familiarity.threshold == float("inf") and not today.familiarity.mean.any()

@@ -39,7 +39,7 @@ def test_hparams_are_plain_data():
     model = CrackClassifier(weights=None, dropout=0.1)
     assert dict(model.hparams) == {
         "backbone": "mobilenet_v2", "weights": None, "weights_path": None, "dropout": 0.1,
-        "pos_weight": None, "statistics_blocks": [4, 7, 10],
+        "pos_weight": None, "statistics_blocks": [8, 9, 10],
     }  # fmt: skip
 
 
