@@ -18,8 +18,9 @@ from crack.checkpoint import TrainedModel, load_trained_model
 from crack.data import CrackDataModule
 from crack.errors import UserError, user_errors
 from crack.export import ProbabilityModel
+from crack.familiarity import unfamiliar_summary
 from crack.field_report import write_evaluation_html
-from crack.metrics import evaluation_metrics, format_metrics, unfamiliar_summary
+from crack.metrics import evaluation_metrics, format_metrics
 from crack.report import write_evaluation_report
 from crack.runtime import ForwardRunner, check_options, planned_runtime
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from benchmarks.training import _warm_up, run_experiment, train_overrides
 from crack.allocator import keep_freed_memory
-from crack.atomic import AtomicCheckpointIO
+from crack.checkpoint_io import AtomicCheckpointIO
 from crack.data import CrackDataModule
 
 VARIANTS = {"background": "true", "training thread": "false"}

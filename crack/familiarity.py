@@ -98,3 +98,14 @@ class Familiarity(nn.Module):
             unseen.append(self(photos[fold::folds]))
         self._fit_directions(photos)
         self.threshold.copy_(torch.quantile(torch.cat(unseen).double(), percentile / 100))
+
+
+def unfamiliar_summary(unfamiliar: int, total: int) -> str:
+    """The line that says how many photos look unlike the training photos."""
+    if not unfamiliar:
+        return f"None of the {total} photos looks unlike the training photos."
+    return (
+        f"{unfamiliar} of {total} photos ({unfamiliar / max(total, 1):.0%}) look unlike the "
+        "training photos (column unfamiliar=1): their predictions are not to be trusted; "
+        "adapt the model to them (experiment=adapt) before relying on it."
+    )

@@ -32,7 +32,7 @@ from crack.export import (
     ProbabilityModel,
     parse_metadata,
 )
-from crack.metrics import unfamiliar_summary
+from crack.familiarity import unfamiliar_summary
 from crack.preprocessing import Preprocessing, load_rgb, open_image, to_rgb
 from crack.report import heatmap_figure, save_figure
 from crack.runtime import ForwardRunner

@@ -74,14 +74,3 @@ def format_metrics(metrics: dict) -> str:
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
         lines.append(f"{name:<20}{shown}")
     return "\n".join(lines)
-
-
-def unfamiliar_summary(unfamiliar: int, total: int) -> str:
-    """The line that says how many photos look unlike the training photos."""
-    if not unfamiliar:
-        return f"None of the {total} photos looks unlike the training photos."
-    return (
-        f"{unfamiliar} of {total} photos ({unfamiliar / max(total, 1):.0%}) look unlike the "
-        "training photos (column unfamiliar=1): their predictions are not to be trusted; "
-        "adapt the model to them (experiment=adapt) before relying on it."
-    )

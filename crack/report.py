@@ -2,6 +2,10 @@
 
 Figures are plain ``matplotlib.figure.Figure`` objects (no pyplot state, rendered with Agg), so
 they work on headless machines and can go both to PNG files and to TensorBoard.
+
+torchmetrics and TensorBoard are imported by the functions of the evaluation report that use
+them: predict.py draws its heatmaps with this module, and with an exported model it starts
+without them (and without Lightning), a second or two sooner.
 """
 
 from __future__ import annotations
@@ -16,13 +20,6 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
-from torch.utils.tensorboard import SummaryWriter
-from torchmetrics.functional.classification import (
-    binary_average_precision,
-    binary_confusion_matrix,
-    binary_precision_recall_curve,
-    binary_roc,
-)
 
 from crack.atomic import atomic_write
 from crack.preprocessing import load_rgb
@@ -43,6 +40,8 @@ def confusion_matrix_figure(
     probs: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], threshold: float
 ) -> Figure:
     """Counts of true/predicted classes at ``threshold``, with the class names on the axes."""
+    from torchmetrics.functional.classification import binary_confusion_matrix
+
     # At and above the threshold is a crack (torchmetrics cuts strictly above 0.5).
     matrix = binary_confusion_matrix((probs >= threshold).float(), labels.long()).numpy()
     figure = Figure(figsize=(4.5, 4), layout="constrained")
@@ -66,6 +65,12 @@ def confusion_matrix_figure(
 
 def roc_pr_figure(probs: torch.Tensor, labels: torch.Tensor, auroc: float) -> Figure:
     """ROC curve (with AUROC) and precision-recall curve (with average precision) side by side."""
+    from torchmetrics.functional.classification import (
+        binary_average_precision,
+        binary_precision_recall_curve,
+        binary_roc,
+    )
+
     labels = labels.long()
     figure = Figure(figsize=(9, 4), layout="constrained")
     roc_ax, pr_ax = figure.subplots(1, 2)
@@ -230,6 +235,8 @@ def write_evaluation_report(
         write_predictions_csv(csv_path, paths, labels, probs, threshold, familiarity, unfamiliar)
     ]
     written += [save_figure(fig, run_dir / f"{name}.png") for name, fig in figures.items()]
+    from torch.utils.tensorboard import SummaryWriter
+
     with SummaryWriter(log_dir=str(run_dir)) as writer:
         for name, figure in figures.items():
             writer.add_figure(f"eval/{name}", figure)

@@ -23,8 +23,8 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from crack.atomic import AtomicCheckpointIO
 from crack.checkpoint import DATA_STATE_KEY, read_checkpoint
+from crack.checkpoint_io import AtomicCheckpointIO
 from crack.data import CrackDataModule
 from crack.errors import UserError
 from crack.sampling import derived_seed

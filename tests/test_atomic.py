@@ -6,7 +6,8 @@ import os
 import pytest
 import torch
 
-from crack.atomic import AtomicCheckpointIO, atomic_write
+from crack.atomic import atomic_write
+from crack.checkpoint_io import AtomicCheckpointIO
 
 
 def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):

@@ -8,9 +8,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
-from crack.atomic import AtomicCheckpointIO
 from crack.cache import FeatureCache
 from crack.callbacks import StagedUnfreezing
+from crack.checkpoint_io import AtomicCheckpointIO
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))

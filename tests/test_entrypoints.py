@@ -25,9 +25,11 @@ METRICS_KEYS = {
 }  # fmt: skip
 
 
-def run(script: str, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+def run(
+    script: str, *overrides: str, check: bool = True, python_options: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [sys.executable, script, *overrides],
+        [sys.executable, *python_options, script, *overrides],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -272,9 +274,14 @@ def test_export_onnx_then_predict_a_folder_through_onnx_runtime(demo_run, tmp_pa
     (photos / "notes.txt").write_text("not an image file name: skipped")
     result = run(
         "predict.py", "backend=onnx", f"model={model}", f"input={photos}",
-        f"hydra.run.dir={tmp_path / 'predict'}",
+        f"hydra.run.dir={tmp_path / 'predict'}", python_options=("-X", "importtime"),
     )  # fmt: skip
     assert "4 files: 3 read, 1 unreadable." in result.stdout
+    # With an exported model nothing needs Lightning, torchmetrics or TensorBoard: seconds of
+    # start-up a photo folder on a laptop does not pay (-X importtime lists every import).
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+    assert not imported & {"lightning", "torchmetrics", "torch.utils.tensorboard"}
+    assert "onnxruntime" in imported
     assert "1 large photos scanned in 15 tiles" in result.stdout
     rows = {
         Path(r["path"]).name: r
