@@ -78,16 +78,25 @@ class Variant(Familiarity):
 
     @torch.no_grad()
     def fit_as(
-        self, how: str, train: torch.Tensor, val: torch.Tensor, percentile: float, folds: int = 5
+        self,
+        how: str,
+        train: torch.Tensor,
+        val: torch.Tensor,
+        percentile: float,
+        folds: int = 5,
+        fold_of: np.ndarray | None = None,
     ) -> None:
         """``project``: crack.familiarity as of Q6-Q9, whose validation scores were taken
         before any fit (all 0; q6 and q8 measured with it); ``train``: validation scored by the fit on ``train``;
         ``train+val``: one fit on both, every threshold score out-of-fold."""
         rows = torch.cat([train, val]) if how == "train+val" else train
+        if fold_of is None:  # every folds-th row
+            fold_of = np.arange(len(rows)) % folds
+        fold_of = torch.from_numpy(np.asarray(fold_of))
         unseen = []
         for fold in range(folds):
-            self._fit_directions(torch.cat([rows[i::folds] for i in range(folds) if i != fold]))
-            unseen.append(self(rows[fold::folds]))
+            self._fit_directions(rows[fold_of != fold])
+            unseen.append(self(rows[fold_of == fold]))
         self._fit_directions(rows)
         if how == "train":
             unseen.append(self(val))
@@ -141,7 +150,15 @@ def run(args: argparse.Namespace) -> None:
             drawn = a_contiguous_run if args.draw == "contiguous" else a_run
             train, val, others = drawn(unique, labels, draw)
             fam = Variant(described.shape[1], components, ridge, knn)
-            fam.fit_as(fit_on, described[train], described[val], args.percentile)
+            fold_of = None
+            if args.folds_by == "order":  # consecutive files of each class, as sites would be
+                fit_rows = np.concatenate([train, val]) if fit_on == "train+val" else train
+                fold_of = np.zeros(len(fit_rows), int)
+                for y in (0, 1):
+                    of_class = np.flatnonzero(labels[fit_rows] == y)
+                    in_order = of_class[np.argsort(fit_rows[of_class])]
+                    fold_of[in_order] = np.arange(len(in_order)) * 5 // len(in_order)
+            fam.fit_as(fit_on, described[train], described[val], args.percentile, 5, fold_of)
             with torch.no_grad():
                 unseen, walls = fam(described[others]), fam(sd)
             flagged.append(float(fam.unfamiliar(unseen).float().mean()))
@@ -157,6 +174,7 @@ def run(args: argparse.Namespace) -> None:
             "percentile": args.percentile,
             "draws": args.draws,
             "draw": args.draw,
+            "folds_by": args.folds_by,
             "metu_unseen_flagged_mean": float(np.mean(flagged)),
             "metu_unseen_flagged_max": float(np.max(flagged)),
             "sdnet_flagged_mean": float(np.mean(flagged_sd)),
@@ -181,6 +199,7 @@ def main() -> None:
     ap.add_argument("--knn", default="0")
     ap.add_argument("--percentile", type=float, default=99.0)
     ap.add_argument("--draw", choices=["random", "contiguous"], default="random")
+    ap.add_argument("--folds-by", choices=["rows", "order"], default="rows")
     run(ap.parse_args())
 
 
