@@ -91,7 +91,7 @@ class CalibrationSettings:
     recall: float = 0.95  # the threshold: the highest reaching this recall on validation
     temperature: bool = True  # fit a temperature on validation (false: keep 1)
     percentile: float = 99.0  # familiarity: flag above this percentile of out-of-fold scores
-    max_images: int = 2000  # familiarity: fit on at most this many training images
+    max_images: int = 2000  # familiarity: at most this many training images (and every val one)
 
 
 def _described(model: CrackClassifier, images: Dataset, batch_size: int) -> torch.Tensor:

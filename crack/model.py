@@ -266,12 +266,16 @@ class CrackClassifier(L.LightningModule):
         (``init_from`` or a resumed run of an earlier version) are dropped: nothing is flagged
         until calibration fits them again."""
         state = checkpoint["state_dict"]
-        own = {k: v for k, v in self.state_dict().items() if k.startswith("familiarity.")}
-        if any(k in state and state[k].shape != v.shape for k, v in own.items()):
-            state.update(own)
-        for key, value in self.state_dict().items():
-            if key.startswith(("temperature", "threshold", "familiarity.")):
-                state.setdefault(key, value)
+        own = {
+            key: value
+            for key, value in self.state_dict().items()
+            if key.startswith(("temperature", "threshold", "familiarity."))
+        }
+        familiarity = {k: v for k, v in own.items() if k.startswith("familiarity.")}
+        if any(k in state and state[k].shape != v.shape for k, v in familiarity.items()):
+            state.update(familiarity)
+        for key, value in own.items():
+            state.setdefault(key, value)
 
     def configure_optimizers(self):
         # Frozen parameters (see StagedUnfreezing) join later as their own param groups.
