@@ -84,7 +84,12 @@ def test_photos_unlike_the_training_photos_are_flagged(trained_checkpoint):
         name: float(model.familiarity.unfamiliar(s).float().mean()) for name, s in scores.items()
     }
     assert flagged["concrete"] <= 0.05, flagged
-    assert flagged["bricks"] >= 0.9 and flagged["noise"] >= 0.9, flagged
+    # The tiny model trained here differs a little from one CPU to another (its kernels do), so
+    # the flagged share carries some slack; the ranking must hold regardless.
+    assert flagged["bricks"] >= 0.8 and flagged["noise"] >= 0.8, flagged
+    for name in ("bricks", "noise"):
+        ranked_above = (scores[name][:, None] > scores["concrete"][None, :]).float().mean()
+        assert ranked_above >= 0.99, (name, float(ranked_above))
 
     # predict_step gives the same scores in one pass with the probabilities.
     images = bricks(4)
