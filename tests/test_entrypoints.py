@@ -208,8 +208,7 @@ def test_predict_defaults_to_onnx_runtime_with_the_pytorch_results(demo_run, tmp
             assert float(a["probability"]) == pytest.approx(float(b["probability"]), abs=1e-4)
 
     for override, words in [
-        ("inference.runtime=tensorrt", "not one of"),
-        ("inference.precision=16", "not one of"),
+        ("inference.runtime=tensorrt", "not one of"),  # the other values: tests/test_runtime.py
         ("workers=-1", "workers=-1"),
     ]:
         result = run("predict.py", f"ckpt={ckpt}", f"input={photos}", override,
@@ -322,9 +321,9 @@ def test_other_backbones_train_evaluate_export_and_predict(backbone, tmp_path):
     assert "Feature cache on" in (run_dir / "train.log").read_text()
     ckpt = run_dir / "checkpoints" / "best.ckpt"
     assert torch.load(ckpt, weights_only=True)["hyper_parameters"]["backbone"] == backbone
-    assert "Test metrics of the best checkpoint" in trained.stdout
-    run("eval.py", f"ckpt={ckpt}", f"hydra.run.dir={tmp_path / 'eval'}", "data.num_workers=0")
-    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_images"] == 4
+    # export.py and predict.py below rebuild the model from the checkpoint file as eval.py does
+    # (eval.py itself is tested above): an eval.py process here would add start-up time only.
+    assert printed_test_metrics(trained.stdout).keys() >= {"accuracy", "auroc"}
     exported = run("export.py", f"ckpt={ckpt}", f"hydra.run.dir={tmp_path / 'export'}")
     assert "Parity check passed." in exported.stdout
     photos = tmp_path / "photos"
