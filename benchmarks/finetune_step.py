@@ -26,6 +26,12 @@ from torchvision.models import mobilenet_v2
 from crack.allocator import keep_freed_memory
 
 
+def scale_and_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per channel, what an inference-mode BatchNorm multiplies by and then adds."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
 class AffineBatchNorm(nn.Module):
     """An inference-mode BatchNorm written as ``x * scale + shift``: the same values."""
 
@@ -34,9 +40,7 @@ class AffineBatchNorm(nn.Module):
         self.bn = bn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bn = self.bn
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        shift = bn.bias - bn.running_mean * scale
+        scale, shift = scale_and_shift(self.bn)
         shape = (1, -1, 1, 1)
         return torch.addcmul(shift.view(shape).to(x.dtype), x, scale.view(shape).to(x.dtype))
 
@@ -49,11 +53,10 @@ class FoldedConvBatchNorm(nn.Module):
         self.conv, self.bn = conv, bn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv, bn = self.conv, self.bn
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        conv = self.conv
+        scale, shift = scale_and_shift(self.bn)
         weight = conv.weight * scale.view(-1, 1, 1, 1)
-        bias = bn.bias - bn.running_mean * scale
-        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 def _fold(module: nn.Module) -> None:
