@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 
 from crack.errors import UserError
 from crack.preprocessing import (
@@ -22,6 +23,20 @@ def test_transform_resizes_and_normalises():
     assert tensor.shape == (3, 40, 40) and tensor.dtype == torch.float32
     expected = (128 / 255 - 0.485) / 0.229
     assert tensor[0].mean().item() == pytest.approx(expected, abs=1e-3)
+
+
+def test_transform_output_is_contiguous_and_unchanged_by_it():
+    """The contiguous step after the resize changes the memory order only, not one value."""
+    pixels = np.random.default_rng(0).integers(0, 256, (45, 61, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    preprocessing = Preprocessing(image_size=32)
+    resized = preprocessing.resize()(image)
+    assert resized.is_contiguous() and type(resized).__name__ == "Image"
+    steps = [t for t in preprocessing.transform().transforms if type(t).__name__ != "Lambda"]
+    assert len(steps) == len(preprocessing.transform().transforms) - 1
+    without = v2.Compose(steps)(image)
+    assert not v2.Compose(steps[:2])(image).is_contiguous()  # what the step is there for
+    assert torch.equal(preprocessing.transform()(image), without)
 
 
 def test_augmentation_only_when_training_and_enabled():
