@@ -6,7 +6,9 @@ reports) does not import Lightning.
 
 from __future__ import annotations
 
+import copyreg
 import io
+import pickle
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     would otherwise wait for the disk more than it trains. Reading, removing, or ending the stage
     (Lightning's ``teardown``) first waits for the writes; a write's error is raised then, or at
     the next save.
+
+    ``best.ckpt`` and ``last.ckpt`` of an epoch whose validation loss is the lowest so far hold
+    the same state: such a checkpoint is serialised once (30-40 ms for MobileNetV2, about half a
+    second of a 15-epoch run on stored features) and its bytes written to both files.
+    `_fingerprint` decides what counts as the same.
     """
 
     def __init__(self, background: bool = True) -> None:
@@ -39,6 +46,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self.background = background
         self._writer: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
+        # (fingerprint, serialised bytes, the tensors it names) of the previous save.
+        self._previous: tuple[bytes | None, io.BytesIO, list[torch.Tensor]] | None = None
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
@@ -51,8 +60,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         # Serialised in memory first, so that a failure to write is an OSError naming the file,
         # not a torch error from inside its zip writer.
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
+        fingerprint, tensors = _fingerprint(checkpoint)
+        if fingerprint is not None and self._previous and self._previous[0] == fingerprint:
+            buffer = self._previous[1]
+        else:
+            buffer = io.BytesIO()
+            torch.save(checkpoint, buffer)
+        self._previous = (fingerprint, buffer, tensors)
         if not self.background:
             _write(buffer, path)
             return
@@ -79,6 +93,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             self.wait()
         finally:
             self._pending.clear()  # raised once, not again by Lightning's second teardown
+            self._previous = None  # its bytes and tensors, no longer needed
             if self._writer is not None:
                 self._writer.shutdown(wait=True)
                 self._writer = None
@@ -88,6 +103,48 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self._pending = [future for future in self._pending if not future.done()]
         for future in done:
             future.result()
+
+
+def _fingerprint(checkpoint: dict[str, Any]) -> tuple[bytes | None, list[torch.Tensor]]:
+    """What identifies ``checkpoint``'s content without reading its tensors' data (None when
+    a tensor has no version counter: inference-mode or not strided), and the tensors it names.
+
+    Everything but the tensors is pickled as it is (epoch, step, callback states, settings);
+    each tensor stands for its storage address, offset, shape, strides, type and version
+    counter, which every in-place change (an optimizer step, BatchNorm statistics) increments.
+    The caller keeps the tensors alive until the next save, so no other tensor can reuse the
+    address meanwhile: two equal fingerprints are two equal checkpoints. Tensor subclasses
+    other than parameters are pickled with their data, which is as exact. About 2 ms for
+    MobileNetV2's checkpoint.
+    """
+    tensors: list[torch.Tensor] = []
+    unversioned = False
+
+    def stand_in(tensor: torch.Tensor) -> tuple:
+        nonlocal unversioned
+        tensors.append(tensor)
+        if tensor.is_inference() or tensor.layout != torch.strided:
+            unversioned = True
+            return _never_called, ()
+        key = (
+            tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+            tensor.stride(), str(tensor.dtype), str(tensor.device), tensor._version,
+        )  # fmt: skip
+        return _never_called, key
+
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    # Looked up by exact type, in C: Python runs for tensors only, not for every object.
+    pickler.dispatch_table = {
+        **copyreg.dispatch_table, torch.Tensor: stand_in, torch.nn.Parameter: stand_in
+    }  # fmt: skip
+    pickler.dump(checkpoint)
+    return (None if unversioned else buffer.getvalue()), tensors
+
+
+def _never_called(*key: Any) -> None:
+    """What a fingerprint names as a tensor's constructor: fingerprints are never unpickled."""
+    raise NotImplementedError
 
 
 def _write(buffer: io.BytesIO, path: Path) -> None:
