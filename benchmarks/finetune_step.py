@@ -20,16 +20,10 @@ import time
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torchvision.models import mobilenet_v2
 
 from crack.allocator import keep_freed_memory
-
-
-def scale_and_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per channel, what an inference-mode BatchNorm multiplies by and then adds."""
-    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-    return scale, bn.bias - bn.running_mean * scale
+from crack.folding import fold, scale_and_shift
 
 
 class AffineBatchNorm(nn.Module):
@@ -43,36 +37,6 @@ class AffineBatchNorm(nn.Module):
         scale, shift = scale_and_shift(self.bn)
         shape = (1, -1, 1, 1)
         return torch.addcmul(shift.view(shape).to(x.dtype), x, scale.view(shape).to(x.dtype))
-
-
-class FoldedConvBatchNorm(nn.Module):
-    """A convolution followed by an inference-mode BatchNorm, computed as one convolution."""
-
-    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-        super().__init__()
-        self.conv, self.bn = conv, bn
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv = self.conv
-        scale, shift = scale_and_shift(self.bn)
-        weight = conv.weight * scale.view(-1, 1, 1, 1)
-        return F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
-
-
-def _fold(module: nn.Module) -> None:
-    for name, child in module.named_children():
-        if not isinstance(child, nn.Sequential):
-            _fold(child)
-            continue
-        layers, kept = list(child), []
-        while layers:
-            layer = layers.pop(0)
-            if isinstance(layer, nn.Conv2d) and layers and isinstance(layers[0], nn.BatchNorm2d):
-                kept.append(FoldedConvBatchNorm(layer, layers.pop(0)))
-            else:
-                _fold(layer)
-                kept.append(layer)
-        setattr(module, name, nn.Sequential(*kept))
 
 
 def _affine(module: nn.Module) -> None:
@@ -103,7 +67,7 @@ def main() -> None:
 
     affine, folded = copy.deepcopy(part), copy.deepcopy(part)
     _affine(affine)
-    _fold(folded)
+    fold(folded)  # as StagedUnfreezing runs the blocks it unfreezes
     variants = {"": part, ", affine BatchNorm": affine, ", BatchNorm folded": folded}
 
     def step(blocks: nn.Module, channels_last: bool, bf16: bool) -> None:

@@ -11,11 +11,16 @@ step() {  # name, command...: run it, log it, time it
   echo "$name: $((SECONDS - start)) s"
 }
 
-recipe() {  # BLOCKS:AUGMENT (e.g. 4:orient, 2:none): the finetune overrides, in the array "recipe"
-  local augment=${1##*:}
-  recipe=(unfreeze_blocks="${1%%:*}")
+recipe() {  # BLOCKS:AUGMENT[:unfolded] (e.g. 4:orient, 2:none, 4:none:unfolded): the finetune
+  # overrides, in the array "recipe"; "unfolded" runs each BatchNorm as its own operator
+  local blocks augment extra
+  IFS=: read -r blocks augment extra <<<"$1"
+  recipe=(unfreeze_blocks="$blocks")
   if [[ $augment == orient ]]; then
     recipe+=(data.augment.hflip=true data.augment.vflip=true data.augment.rot90=true)
+  fi
+  if [[ $extra == unfolded ]]; then
+    recipe+=(callbacks.staged_unfreezing.fold_batchnorm=false)
   fi
 }
 

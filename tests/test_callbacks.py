@@ -4,6 +4,7 @@ import torch
 
 from crack.callbacks import StagedUnfreezing, TrainingCurves, trainable_parameter_count
 from crack.data import CrackDataModule
+from crack.folding import is_folded
 from crack.model import CrackClassifier
 
 
@@ -22,7 +23,7 @@ def _fit(model, dataset, callback, epochs):
     dm = CrackDataModule(str(dataset), image_size=32, batch_size=8, num_workers=0)
     trainer = L.Trainer(
         max_epochs=epochs,
-        callbacks=[callback],
+        callbacks=callback if isinstance(callback, list) else [callback],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -238,3 +239,32 @@ def test_unfrozen_batchnorm_in_eval_mode_keeps_its_statistics_and_trains_its_sca
     assert [g["lr"] for g in groups] == [pytest.approx(1e-4), pytest.approx(1e-4)]
     with pytest.raises(ValueError, match="batchnorm='sometimes'"):
         StagedUnfreezing([milestone], "sometimes")
+
+
+def test_unfrozen_blocks_train_folded_with_eval_batchnorm_and_unfolded_after_fit(tiny_dataset):
+    """With batchnorm=eval the unfrozen blocks run each convolution and BatchNorm as one while
+    they train (crack.folding); frozen blocks never; after fit every block runs as itself."""
+    seen = {}
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen[trainer.current_epoch] = [is_folded(b) for b in pl_module.features]
+
+    model = _model()
+    milestone = {"epoch": 1, "blocks": 2, "lr_factor": 0.1}
+    dm = CrackDataModule(str(tiny_dataset), image_size=32, batch_size=8, num_workers=0)
+    trainer = L.Trainer(
+        max_epochs=2, callbacks=[StagedUnfreezing([milestone], "eval"), Spy()], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+    )  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    blocks = len(model.features)
+    assert seen[0] == [False] * blocks
+    assert seen[1] == [False] * (blocks - 2) + [True, True]
+    assert not any(is_folded(b) for b in model.features)
+    for batchnorm, fold_batchnorm in (("train", True), ("eval", False)):
+        seen.clear()
+        callback = StagedUnfreezing([milestone], batchnorm, fold_batchnorm=fold_batchnorm)
+        _fit(_model(), tiny_dataset, [callback, Spy()], epochs=2)
+        assert seen[1] == [False] * blocks
