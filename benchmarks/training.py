@@ -13,8 +13,11 @@ In one process, on the same images, split and settings, each training run doing 
   starting from an empty cache folder (so building the caches is included), then again
   (``frozen_reuse``, ``finetune_reuse``) with the caches of the first run;
 - ``finetune_fp32``: ``experiment=finetune`` trained in float32 (``trainer.precision=32-true``;
-  its default is bfloat16 autocast where the hardware has it), from an empty cache; and
+  its default is bfloat16 autocast where the hardware has it), from an empty cache;
   ``finetune_bf16``: with the frozen blocks' pass in bfloat16 too (``inference.precision=bf16``);
+  and ``finetune_unfolded``: with the unfrozen blocks' BatchNorm run as its own operator
+  (``callbacks.staged_unfreezing.fold_batchnorm=false``), on the stores of ``finetune``: to
+  compare with ``finetune_reuse``;
 - ``floor``: one inference pass (decode + forward) over every image the experiments read (train,
   val and test), through the project's fastest exact runtime (`crack.runtime`: ONNX Runtime on a
   CPU), its export included; ``floor_torch``: the same through PyTorch float32 channels-last (the
@@ -22,7 +25,7 @@ In one process, on the same images, split and settings, each training run doing 
 
 It prints wall time, images/s and test accuracy of each, and writes them to ``--out`` as JSON
 (keys ``plain``, ``frozen``, ``frozen_reuse``, ``finetune``, ``finetune_reuse``,
-``finetune_fp32``, ``finetune_bf16``, ``floor``, ``floor_torch``, ``floor_bf16``,
+``finetune_fp32``, ``finetune_bf16``, ``finetune_unfolded``, ``floor``, ``floor_torch``, ``floor_bf16``,
 ``speedup_frozen``, ``speedup_finetune``, ``speedup_finetune_fp32``, ``speedup_finetune_bf16``,
 ``frozen_over_floor``,
 ``floor_speedup_vs_torch`` = floor_torch seconds / floor seconds, ``settings``, ``machine``).
@@ -80,10 +83,14 @@ class TestMetrics(L.Callback):
         self.path.write_text(json.dumps(metrics))
 
 
+UNFOLDED = "callbacks.staged_unfreezing.fold_batchnorm=false"
+
+
 def _runs(head_epochs: int, cache_dir: Path) -> list[tuple[str, str, list[str]]]:
     """(name, experiment, overrides) of the train.py runs, in order: each experiment from an
-    empty cache, then reusing it; then finetune trained in float32 (its own empty cache), and
-    with the frozen blocks' pass in bfloat16 too (its own stores)."""
+    empty cache, then reusing it; then finetune trained in float32 (its own empty cache), with
+    the frozen blocks' pass in bfloat16 too (its own stores), and with BatchNorm not folded
+    (reusing finetune's stores)."""
     finetune = [f"head_epochs={head_epochs}"]
     runs = []
     for experiment in EXPERIMENTS:
@@ -95,6 +102,7 @@ def _runs(head_epochs: int, cache_dir: Path) -> list[tuple[str, str, list[str]]]
         *runs,
         ("finetune_fp32", "finetune", [*finetune, *fp32]),
         ("finetune_bf16", "finetune", [*finetune, *bf16]),
+        ("finetune_unfolded", "finetune", [*finetune, UNFOLDED]),
     ]
 
 

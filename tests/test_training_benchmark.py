@@ -10,7 +10,7 @@ from benchmarks import training as bench
 
 ROWS = (
     "plain", "frozen", "frozen_reuse", "finetune", "finetune_reuse", "finetune_fp32",
-    "finetune_bf16",
+    "finetune_bf16", "finetune_unfolded",
 )  # fmt: skip
 FLOORS = ("floor", "floor_torch", "floor_bf16")
 
