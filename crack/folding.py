@@ -49,6 +49,7 @@ def _folded_forward(self: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
             and type(after) is nn.BatchNorm2d
             and not after.training
             and after.track_running_stats
+            and after.affine
         ):
             x = conv_batchnorm(layer, after, x)
             i += 2

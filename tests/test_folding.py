@@ -3,15 +3,15 @@ import copy
 import pytest
 import torch
 from torch import nn
-from torchvision.models import mobilenet_v2
+from torchvision.models import efficientnet_b0, mobilenet_v2, mobilenet_v3_large
 
 from crack.folding import fold, is_folded, unfold
 
 
-def _blocks() -> nn.Sequential:
-    """MobileNetV2's last 4 blocks, BatchNorm statistics unlike a fresh layer's."""
+def _blocks(backbone=mobilenet_v2, last: int = 4) -> nn.Sequential:
+    """A backbone's last blocks, BatchNorm statistics unlike a fresh layer's."""
     torch.manual_seed(0)
-    blocks = mobilenet_v2().features[15:]
+    blocks = backbone().features[-last:]
     for module in blocks.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
@@ -30,19 +30,22 @@ def _eval_batchnorm(blocks: nn.Sequential) -> None:
 
 def _loss_and_grads(blocks: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
     blocks.zero_grad()
+    torch.manual_seed(1)  # EfficientNet's stochastic depth drops the same samples in both
     loss = blocks(x).square().mean()
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in blocks.named_parameters()}
 
 
-def test_folded_blocks_compute_the_same_values_and_gradients():
-    plain = _blocks()
+@pytest.mark.parametrize("backbone", [mobilenet_v2, mobilenet_v3_large, efficientnet_b0])
+def test_folded_blocks_compute_the_same_values_and_gradients(backbone):
+    plain = _blocks(backbone, last=3)
     folded = copy.deepcopy(plain)
     _eval_batchnorm(plain)
     _eval_batchnorm(folded)
     fold(folded)
     assert is_folded(folded) and not is_folded(plain)
-    x = torch.randn(4, 160, 7, 7)
+    first = next(m for m in plain.modules() if isinstance(m, nn.Conv2d))
+    x = torch.randn(4, first.in_channels, 7, 7)
     loss, grads = _loss_and_grads(plain, x)
     folded_loss, folded_grads = _loss_and_grads(folded, x)
     assert folded_loss == pytest.approx(float(loss), rel=1e-5)
@@ -80,3 +83,15 @@ def test_batchnorm_in_training_mode_runs_as_itself_when_folded():
     for a, b in norms:  # batch statistics used and the running ones updated alike
         if isinstance(a, nn.BatchNorm2d):
             assert torch.allclose(a.running_mean, b.running_mean, atol=1e-6)
+
+
+def test_a_batchnorm_without_scale_and_shift_runs_as_itself():
+    torch.manual_seed(0)
+    layers = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, affine=False)).eval()
+    layers[1].running_var.fill_(2.0)
+    x = torch.randn(2, 3, 8, 8)
+    expected = layers(x)
+    fold(layers)
+    called = []
+    layers[1].register_forward_hook(lambda *_: called.append(1))
+    assert torch.equal(layers(x), expected) and called == [1]
