@@ -66,3 +66,24 @@ def test_bench_times_every_run_and_writes_the_figures(tiny_dataset, tmp_path, ca
     assert results["machine"]["usable_cpus"] >= 1 and "cpu" in results["machine"]
     printed = capsys.readouterr().out
     assert all(name in printed for name in (*ROWS, *FLOORS)) and str(out) in printed
+
+
+def test_run_phases_prints_the_phases_of_each_run(tiny_dataset, tmp_path, capsys):
+    from benchmarks import run_phases
+
+    torch.manual_seed(0)
+    features = mobilenet_v2(weights=None).features.state_dict()
+    torch.save({f"features.{k}": v for k, v in features.items()}, tmp_path / "weights.pth")
+    run_phases.main(
+        [
+            f"--data-root={tiny_dataset}", f"--weights-path={tmp_path / 'weights.pth'}",
+            "--epochs=2", "--image-size=32", "--runs=2",
+        ]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "run 1 (building the stores)" in printed and "run 2 (reusing the stores)" in printed
+    second = printed.split("run 2 (reusing the stores)")[1]
+    # Two epochs: two training epochs' batches, a last checkpoint each epoch, the store reused.
+    for label in ("trainer.fit", "training batches", "checkpoints saved", "feature cache"):
+        assert label in second, label
+    assert " in 0 calls" not in second
