@@ -20,12 +20,14 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
+from unittest.mock import patch
 
 import lightning as L
 from lightning.pytorch.loops import evaluation_loop, training_epoch_loop
 
-from benchmarks.training import _warm_up, run_experiment, train_overrides
+from benchmarks.training import _warm_up, default_head_epochs, run_experiment, train_overrides
 from crack import cache, callbacks, checkpoint_io, model
 from crack.allocator import keep_freed_memory
 from crack.data import CrackDataModule
@@ -34,9 +36,8 @@ SPENT: collections.Counter = collections.Counter()
 CALLS: collections.Counter = collections.Counter()
 
 
-def _timed(owner: object, name: str, label: str) -> None:
-    """Replace ``owner.name`` by a wrapper adding its wall time to ``SPENT[label]``."""
-    original: Callable = getattr(owner, name)
+def _timer(original: Callable, label: str) -> Callable:
+    """``original``, adding its wall time to ``SPENT[label]`` and its calls to ``CALLS``."""
 
     @functools.wraps(original)
     def wrapper(*args, **kwargs):
@@ -47,7 +48,7 @@ def _timed(owner: object, name: str, label: str) -> None:
             SPENT[label] += time.perf_counter() - start
             CALLS[label] += 1
 
-    setattr(owner, name, wrapper)
+    return wrapper
 
 
 PHASES = (
@@ -76,8 +77,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args(argv)
     keep_freed_memory()  # as train.py does
-    for owner, name, label in PHASES:
-        _timed(owner, name, label)
+    with ExitStack() as timers:  # the functions timed while this runs, and as they were after
+        for owner, name, label in PHASES:
+            timers.enter_context(patch.object(owner, name, _timer(getattr(owner, name), label)))
+        _time_runs(args)
+
+
+def _time_runs(args: argparse.Namespace) -> None:
+    """The ``--runs`` runs, each printed with the time its phases took."""
     datamodule = CrackDataModule(args.data_root, image_size=args.image_size, cache=False)
     datamodule.setup()
     workdir = Path(tempfile.mkdtemp(prefix="crack-phases-"))
@@ -85,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         _warm_up(workdir, datamodule)
         overrides = train_overrides(datamodule, args.weights_path, workdir / "cache", args.epochs)
         if args.experiment == "finetune":
-            overrides.append(f"head_epochs={min(3, args.epochs - 1)}")
+            overrides.append(f"head_epochs={default_head_epochs(args.epochs)}")
         for run in range(args.runs):
             SPENT.clear()
             CALLS.clear()

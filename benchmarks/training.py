@@ -86,6 +86,12 @@ class TestMetrics(L.Callback):
 UNFOLDED = "callbacks.staged_unfreezing.fold_batchnorm=false"
 
 
+def default_head_epochs(epochs: int) -> int:
+    """The head-only epochs of a benchmarked finetune run: 3, as experiment=finetune, but at
+    least one epoch left for the unfrozen blocks."""
+    return min(3, epochs - 1)
+
+
 def _runs(head_epochs: int, cache_dir: Path) -> list[tuple[str, str, list[str]]]:
     """(name, experiment, overrides) of the train.py runs, in order: each experiment from an
     empty cache, then reusing it; then finetune trained in float32 (its own empty cache), with
@@ -363,7 +369,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="crack-bench-"))
     cache_dir = Path(args.cache_dir) if args.cache_dir else workdir / "cache"
-    head_epochs = args.head_epochs if args.head_epochs is not None else min(3, args.epochs - 1)
+    head_epochs = (
+        args.head_epochs if args.head_epochs is not None else default_head_epochs(args.epochs)
+    )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results: dict = {"machine": machine()}
     # As train.py does by default; for every run here, the plain one included.

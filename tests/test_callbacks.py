@@ -252,13 +252,7 @@ def test_unfrozen_blocks_train_folded_with_eval_batchnorm_and_unfolded_after_fit
 
     model = _model()
     milestone = {"epoch": 1, "blocks": 2, "lr_factor": 0.1}
-    dm = CrackDataModule(str(tiny_dataset), image_size=32, batch_size=8, num_workers=0)
-    trainer = L.Trainer(
-        max_epochs=2, callbacks=[StagedUnfreezing([milestone], "eval"), Spy()], logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        accelerator="cpu",
-    )  # fmt: skip
-    trainer.fit(model, datamodule=dm)
+    _fit(model, tiny_dataset, [StagedUnfreezing([milestone], "eval"), Spy()], epochs=2)
     blocks = len(model.features)
     assert seen[0] == [False] * blocks
     assert seen[1] == [False] * (blocks - 2) + [True, True]

@@ -15,14 +15,21 @@ ROWS = (
 FLOORS = ("floor", "floor_torch", "floor_bf16")
 
 
-def test_bench_times_every_run_and_writes_the_figures(tiny_dataset, tmp_path, capsys):
+@pytest.fixture
+def weights_file(tmp_path):
+    """A random-init MobileNetV2 backbone state_dict, as a local weights file."""
     torch.manual_seed(0)
     features = mobilenet_v2(weights=None).features.state_dict()
-    torch.save({f"features.{k}": v for k, v in features.items()}, tmp_path / "weights.pth")
+    path = tmp_path / "weights.pth"
+    torch.save({f"features.{k}": v for k, v in features.items()}, path)
+    return path
+
+
+def test_bench_times_every_run_and_writes_the_figures(tiny_dataset, tmp_path, weights_file, capsys):
     out = tmp_path / "bench.json"
     bench.main(
         [
-            f"--data-root={tiny_dataset}", f"--weights-path={tmp_path / 'weights.pth'}",
+            f"--data-root={tiny_dataset}", f"--weights-path={weights_file}",
             "--epochs=1", "--image-size=32", f"--out={out}", "--batch-size=16",
             "--num-workers=0",
         ]
@@ -68,15 +75,12 @@ def test_bench_times_every_run_and_writes_the_figures(tiny_dataset, tmp_path, ca
     assert all(name in printed for name in (*ROWS, *FLOORS)) and str(out) in printed
 
 
-def test_run_phases_prints_the_phases_of_each_run(tiny_dataset, tmp_path, capsys):
+def test_run_phases_prints_the_phases_of_each_run(tiny_dataset, weights_file, capsys):
     from benchmarks import run_phases
 
-    torch.manual_seed(0)
-    features = mobilenet_v2(weights=None).features.state_dict()
-    torch.save({f"features.{k}": v for k, v in features.items()}, tmp_path / "weights.pth")
     run_phases.main(
         [
-            f"--data-root={tiny_dataset}", f"--weights-path={tmp_path / 'weights.pth'}",
+            f"--data-root={tiny_dataset}", f"--weights-path={weights_file}",
             "--epochs=2", "--image-size=32", "--runs=2",
         ]
     )  # fmt: skip
