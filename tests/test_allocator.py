@@ -6,7 +6,8 @@ import pytest
 from crack.allocator import uses_glibc
 
 # Allocates, fills and frees a 64 MB tensor 10 times, counting minor page faults, before and after
-# keep_freed_memory. In a child process: glibc's settings cannot be put back.
+# keep_freed_memory (after it twice: a warm-up round, then the one compared). In a child process:
+# glibc's settings cannot be put back.
 SCRIPT = """
 import resource, torch
 from crack.allocator import keep_freed_memory
@@ -19,6 +20,7 @@ def faults():
 
 default = faults()
 applied = keep_freed_memory()
+faults()
 print(default, faults(), applied)
 """
 
@@ -32,6 +34,6 @@ def test_keep_freed_memory_stops_page_faulting_freed_blocks_back_in():
     assert applied == "True"
     # Defaults: each 64 MB block is a fresh mmap, 16,384 pages of 4 KB faulted in every time.
     assert default > 10 * 16_000
-    # Kept: the pages of the first block (sometimes of the first two) are faulted in once and
-    # then reused.
-    assert kept < default / 3
+    # Kept: the pages are faulted in once and then reused. The warm-up round faults in the
+    # first block, sometimes the first few (2-6 of 10 measured); the next round none.
+    assert kept < default / 10
