@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from crack.checkpoint import load_trained_model
 from crack.errors import UserError
@@ -34,6 +35,12 @@ def test_onnx_export_matches_pytorch_and_carries_the_preprocessing(trained, tmp_
     onnx_model = OnnxClassifier(path)
     assert onnx_model.preprocessing == trained.preprocessing
     assert onnx_model.classes == trained.classes and onnx_model.threshold == 0.4
+    probs, scores = onnx_model(images)  # 16 images: in passes of a few (CPU_PASS_SIZE)
+    with torch.no_grad():
+        expected_probs, expected_scores = model(images)
+    assert probs.shape == scores.shape == (16,)
+    np.testing.assert_allclose(probs, expected_probs.numpy(), atol=1e-4)
+    np.testing.assert_allclose(scores, expected_scores.numpy(), rtol=1e-3)
 
 
 def test_predict_through_onnx_runtime_gives_the_pytorch_results(

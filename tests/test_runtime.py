@@ -46,6 +46,43 @@ def test_onnx_runtime_gives_the_pytorch_float32_results(model):
     assert float(p_torch.std()) > 0.01  # the probabilities differ between images
 
 
+class CountingSession:
+    """An ONNX Runtime session that records the batch size of each run."""
+
+    def __init__(self, session, sizes: list[int]) -> None:
+        self.session, self.sizes = session, sizes
+
+    def run(self, names, inputs):
+        self.sizes.append(len(next(iter(inputs.values()))))
+        return self.session.run(names, inputs)
+
+
+@pytest.mark.parametrize("runtime", ["torch", "auto"])
+def test_a_batch_runs_in_passes_of_a_few_images_with_the_results_of_one_pass(model, runtime):
+    model, images = model  # 9 images
+    whole = ForwardRunner(model, images, runtime=runtime, pass_size=len(images))
+    runner = ForwardRunner(model, images, runtime=runtime, pass_size=4)
+    default = ForwardRunner(model, images, runtime=runtime)
+    kind = "torch" if runner.session is None else "onnxruntime"
+    assert kind == ("torch" if runtime == "torch" else "onnxruntime")
+    assert default.pass_size == crack.runtime.CPU_PASS_SIZE[kind]
+
+    sizes: list[int] = []
+    if runner.session is None:
+        hook = model.register_forward_pre_hook(lambda _, args: sizes.append(len(args[0])))
+        try:
+            in_passes = runner(images)
+        finally:
+            hook.remove()
+    else:
+        runner.session = CountingSession(runner.session, sizes)
+        in_passes = runner(images)
+    assert sizes == [4, 4, 1]
+    for one, several in zip(whole(images), in_passes, strict=True):
+        assert several.shape == one.shape and several.dtype == one.dtype
+        assert (several - one).abs().max() <= 1e-5 * max(1.0, float(one.abs().max()))
+
+
 def test_without_onnx_runtime_auto_falls_back_to_pytorch(model, monkeypatch):
     model, _ = model
     monkeypatch.setattr(crack.runtime, "onnxruntime_available", lambda: False)
