@@ -61,7 +61,7 @@ class TorchClassifier:
     """A trained checkpoint, run on the CPU through `crack.runtime.ForwardRunner`.
 
     ``runtime`` and ``precision`` are the ``inference.*`` options: by default ONNX Runtime runs
-    the network (exported in memory, the same probabilities within 1e-4, 1.7-1.9x as fast),
+    the network (exported in memory, the same probabilities within 1e-4, about 2.5x as fast),
     ``runtime="torch"`` runs it in PyTorch. ``model`` stays the PyTorch network either way:
     the Grad-CAM maps of tiled photos need its gradients. ``runtime_name`` says what runs;
     ``batches_at_once`` is how many batches `predict_files` may run at the same time.
