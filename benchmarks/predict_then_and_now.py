@@ -1,6 +1,6 @@
 """predict.py now against predict.py as it was, side by side in one run, each with its defaults.
 
-    git worktree add THEN c0a2802   # the code issue 14 measured: 47 (PyTorch) and 165 (ONNX) images/s
+    git worktree add THEN c0a2802   # the code the speed issue measured (47 and 165 images/s)
     (cd THEN && python train.py experiment=frozen data.root=PHOTOS model.weights_path=W \
         hydra.run.dir=THEN_RUN && python export.py ckpt=THEN_RUN/checkpoints/best.ckpt \
         format=onnx output=THEN.onnx)

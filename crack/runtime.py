@@ -3,8 +3,8 @@
 Building the feature store, evaluating and predicting only run the network forward. On a CPU,
 ONNX Runtime runs MobileNetV2 about 2.5x as fast as PyTorch float32, each in its fastest pass
 size (``benchmarks/pass_size.py``), with the same results (the probabilities agree within 1e-4,
-checked by tests/test_runtime.py), so there it is the default. Whatever trains (the head, unfrozen blocks)
-stays in PyTorch, as does everything on a GPU.
+checked by tests/test_runtime.py), so there it is the default. Whatever trains (the head,
+unfrozen blocks) stays in PyTorch, as does everything on a GPU.
 
 ``runtime`` (the ``inference.runtime`` option):
 

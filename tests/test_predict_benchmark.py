@@ -12,7 +12,7 @@ args = sys.argv[1:]
 with open(Path(__file__).with_name("calls.txt"), "a") as calls:
     calls.write(" ".join(a for a in args if not a.startswith("hydra.")) + "\\n")
 rate = {RATES}["onnx" if "backend=onnx" in args else "torch"]
-print(f"1000 network inputs (images and tiles) in 1.0 s, reading and heatmaps included ({rate} per s).")
+print(f"1000 network inputs in 1.0 s, reading and heatmaps included ({rate} per s).")
 """
 
 
