@@ -1,6 +1,6 @@
 """How long one stage-2 training step of `experiment=finetune` takes, and on what.
 
-    python -m benchmarks.finetune_step [--blocks 4] [--batch-size 64] [--profile]
+    python -m benchmarks.finetune_step [--blocks 4] [--batch-size 64] [--profile] [--pieces 8 16]
 
 The step `finetune` repeats: the last ``--blocks`` blocks of MobileNetV2 (random weights: the
 speed does not depend on them), BatchNorm in inference mode as `StagedUnfreezing` keeps it,
@@ -54,6 +54,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per setting")
     parser.add_argument("--rounds", type=int, default=3, help="times every setting is timed")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--pieces", type=int, nargs="*", default=[],
+        help="also time the folded bf16 channels-last step run on the batch in pieces of these "
+        "sizes, gradients accumulated (as forward passes run on a CPU, crack.runtime)",
+    )  # fmt: skip
     args = parser.parse_args()
     keep_freed_memory()  # as train.py does
     features = mobilenet_v2().features.eval()
@@ -70,19 +75,22 @@ def main() -> None:
     fold(folded)  # as StagedUnfreezing runs the blocks it unfreezes
     variants = {"": part, ", affine BatchNorm": affine, ", BatchNorm folded": folded}
 
-    def step(blocks: nn.Module, channels_last: bool, bf16: bool) -> None:
+    def step(blocks: nn.Module, channels_last: bool, bf16: bool, piece: int | None = None) -> None:
         x = stored.contiguous(memory_format=torch.channels_last) if channels_last else stored
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = head(blocks(x).mean((2, 3))).sum()
-        loss.backward()
+        for part_x in x.split(piece or len(x)):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = head(blocks(part_x).mean((2, 3))).sum()
+            loss.backward()
 
-    def timed(blocks: nn.Module, channels_last: bool, bf16: bool) -> float:
+    def timed(
+        blocks: nn.Module, channels_last: bool, bf16: bool, piece: int | None = None
+    ) -> float:
         blocks.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         for _ in range(2):  # kernel choice, allocator
-            step(blocks, channels_last, bf16)
+            step(blocks, channels_last, bf16, piece)
         begin = time.perf_counter()
         for _ in range(args.steps):
-            step(blocks, channels_last, bf16)
+            step(blocks, channels_last, bf16, piece)
         return (time.perf_counter() - begin) / args.steps * 1e3
 
     # Every setting once per round, rounds repeated: a slow minute of a shared machine then
@@ -95,13 +103,17 @@ def main() -> None:
         for layout in ("channels-last", "NCHW")
         for bf16 in (True, False)
     }  # fmt: skip
+    for piece in args.pieces:
+        settings[f"bf16, channels-last, BatchNorm folded, in pieces of {piece}"] = (
+            folded, True, True, piece
+        )  # fmt: skip
     times: dict[str, list[float]] = {label: [] for label in settings}
     for _ in range(args.rounds):
         for label, setting in settings.items():
             times[label].append(timed(*setting))
     for label, values in times.items():
         spread = f"{min(values):.0f}-{max(values):.0f}"
-        print(f"{label:48s} median {sorted(values)[len(values) // 2]:4.0f} ms/step ({spread})")
+        print(f"{label:56s} median {sorted(values)[len(values) // 2]:4.0f} ms/step ({spread})")
     if args.profile:
         part.to(memory_format=torch.channels_last)
         with torch.profiler.profile() as profile:
