@@ -32,11 +32,7 @@ paths; predict.py keeps its default (PyTorch's: the usable cores).
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.predict_then_and_now import predict_rate
 from crack.allocator import keep_freed_memory
 from crack.files import list_images
 from crack.inference import OnnxClassifier, TorchClassifier, predict_files
@@ -76,26 +73,6 @@ def files_rate(classifier, paths: list[Path], batch_size: int, workers: int) -> 
     seconds = time.perf_counter() - start
     probs = np.array([np.nan if r.probability is None else r.probability for r in results])
     return sum(r.error is None for r in results) / seconds, probs
-
-
-def predict_script_rate(ckpt: Path, folder: Path, batch_size: int) -> tuple[float, float]:
-    """``predict.py`` with its defaults: the rate it prints, and the whole command's seconds."""
-    with tempfile.TemporaryDirectory() as run_dir:
-        start = time.perf_counter()
-        result = subprocess.run(
-            [
-                sys.executable, str(ROOT / "predict.py"), f"ckpt={ckpt}", f"input={folder}",
-                f"batch_size={batch_size}", f"hydra.run.dir={run_dir}",
-            ],
-            cwd=ROOT, capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        seconds = time.perf_counter() - start
-    rate = re.search(
-        r"in [\d.]+ s, reading and heatmaps included \(([\d.]+) per s\)", result.stdout
-    )
-    if result.returncode != 0 or rate is None:
-        sys.exit(f"predict.py failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
-    return float(rate.group(1)), seconds
 
 
 def main() -> None:
@@ -136,13 +113,14 @@ def main() -> None:
         rate = network_rate(classifier, batch, args.repeats)
         print(f"{name:14s} network alone: {rate:7.1f} images/s ({classifier.runtime_name})")
 
+    predict_args = [f"ckpt={args.ckpt.resolve()}", f"input={args.folder.resolve()}"]
     rates: dict[str, list[float]] = {name: [] for name in [*classifiers, "c_predict.py"]}
     walls, probs = [], {}
     for _ in range(args.rounds):
         for name, classifier in classifiers.items():
             rate, probs[name] = files_rate(classifier, paths, args.batch_size, workers[name])
             rates[name].append(rate)
-        rate, wall = predict_script_rate(args.ckpt, args.folder, args.batch_size)
+        rate, wall = predict_rate(ROOT, [*predict_args, f"batch_size={args.batch_size}"])
         rates["c_predict.py"].append(rate)
         walls.append(wall)
 
