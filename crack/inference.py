@@ -35,7 +35,7 @@ from crack.export import (
 from crack.familiarity import unfamiliar_summary
 from crack.preprocessing import Preprocessing, load_rgb, open_image, to_rgb
 from crack.report import heatmap_figure, save_figure
-from crack.runtime import CPU_PASS_SIZE, ForwardRunner
+from crack.runtime import CPU_PASS_SIZE, ForwardRunner, in_passes
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +140,13 @@ class OnnxClassifier:
 
     def __call__(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         # A few images per pass, as `ForwardRunner` runs them on a CPU (faster: see CPU_PASS_SIZE).
-        parts = [
-            self.session.run(self.outputs, {INPUT_NAME: part.contiguous().numpy()})
-            for part in images.split(CPU_PASS_SIZE["onnxruntime"])
-        ]
-        results = [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
-        probs = results[0]
-        return probs, results[1] if len(results) > 1 else np.zeros_like(probs)
+        results = in_passes(self._forward, images, CPU_PASS_SIZE["onnxruntime"])
+        probs = results[0].numpy()
+        return probs, results[1].numpy() if len(results) > 1 else np.zeros_like(probs)
+
+    def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        inputs = {INPUT_NAME: images.contiguous().numpy()}
+        return tuple(torch.from_numpy(y) for y in self.session.run(self.outputs, inputs))
 
 
 @dataclass(frozen=True)

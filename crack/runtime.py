@@ -23,7 +23,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -168,10 +168,7 @@ class ForwardRunner:
             return None
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if self.pass_size is None or len(x) <= self.pass_size:
-            return self._forward(x)
-        parts = [self._forward(part) for part in x.split(self.pass_size)]
-        return tuple(torch.cat(outputs) for outputs in zip(*parts, strict=True))
+        return in_passes(self._forward, x, self.pass_size)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.session is not None:
@@ -181,6 +178,18 @@ class ForwardRunner:
         with torch.inference_mode(), autocast:
             outputs = self.module(x.to(self.device, non_blocking=True))
         return tuple(y.float() for y in _as_tuple(outputs))
+
+
+def in_passes(
+    forward: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
+    x: torch.Tensor,
+    pass_size: int | None,
+) -> tuple[torch.Tensor, ...]:
+    """``forward(x)``, run ``pass_size`` images at a time (None: at once), outputs concatenated."""
+    if pass_size is None or len(x) <= pass_size:
+        return forward(x)
+    parts = [forward(part) for part in x.split(pass_size)]
+    return tuple(torch.cat(outputs) for outputs in zip(*parts, strict=True))
 
 
 def _onnx_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
