@@ -9,7 +9,7 @@ from crack.backbones import DEFAULT_BACKBONE, EARLIER_STATISTICS_BLOCKS
 from crack.errors import UserError
 from crack.model import CrackClassifier
 from crack.preprocessing import Preprocessing
-from crack.splits import Sample
+from crack.splits import Sample, unpacked_manifest
 from crack.torchfile import load_plain
 
 DATA_STATE_KEY = "CrackDataModule"  # where Lightning stores CrackDataModule.state_dict()
@@ -82,7 +82,7 @@ def load_trained_model(path: str | Path) -> TrainedModel:
         preprocessing=Preprocessing.for_inference(data["preprocessing"]),
         classes=list(data["classes"]),
         root=Path(data["root"]),
-        samples=[Sample.from_row(row) for row in data["manifest"]],
+        samples=unpacked_manifest(data["manifest"]),
         data_state=data,
     )
 

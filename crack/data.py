@@ -20,7 +20,7 @@ from crack.index import index_images
 from crack.preprocessing import MAX_IMAGE_PIXELS, Preprocessing, dihedral, load_rgb
 from crack.sampling import EpochShuffle, evaluation_sampler
 from crack.settings import DataSettings
-from crack.splits import SPLITS, Sample, write_manifest
+from crack.splits import SPLITS, Sample, packed_manifest, unpacked_manifest, write_manifest
 from crack.store import StoredDataset, default_cache_dir
 from crack.synthetic import ensure_dataset
 
@@ -90,6 +90,8 @@ class CrackDataModule(L.LightningDataModule):
         self.classes: list[str] | None = None
         self.samples: list[Sample] | None = None
         self.summary: dict | None = None  # what index_images found, merged and dropped
+        # (samples, their packed manifest): every checkpoint holds it, one or two per epoch.
+        self._packed: tuple[list[Sample] | None, dict] | None = None
         self.cache_dir = Path(self.settings.cache_dir or default_cache_dir()).expanduser().resolve()
         self.stored: StoredInputs | None = None
 
@@ -146,14 +148,31 @@ class CrackDataModule(L.LightningDataModule):
             "root": str(self.root),
             "classes": self.classes,
             "preprocessing": self.preprocessing.to_dict(),
-            "manifest": [s.to_row() for s in self.samples or []],
+            "manifest": self._manifest(),
             "summary": self.summary,
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.classes = state_dict["classes"]
-        self.samples = [Sample.from_row(row) for row in state_dict["manifest"]]
+        manifest = state_dict["manifest"]
+        # Restoring a checkpoint of this run (validate and test of best.ckpt) gives back the
+        # same split: keep the samples instead of building them again (80 ms at 40,000 photos).
+        if self._manifest_of_samples() != manifest:
+            self.samples = unpacked_manifest(manifest)
+            self._packed = (self.samples, manifest) if isinstance(manifest, dict) else None
         self.summary = state_dict.get("summary")
+
+    def _manifest(self) -> dict:
+        """`packed_manifest` of the samples, packed again only when they were replaced."""
+        if self._packed is None or self._packed[0] is not self.samples:
+            self._packed = (self.samples, packed_manifest(self.samples or []))
+        return self._packed[1]
+
+    def _manifest_of_samples(self) -> dict | None:
+        """The packed manifest of the current samples if it is known (None: not packed yet)."""
+        if self._packed is None or self._packed[0] is not self.samples:
+            return None
+        return self._packed[1]
 
     def serve(self, stored: StoredInputs | None) -> None:
         """Serve the rows of ``stored`` (one per sample, in order) instead of files; None: files."""

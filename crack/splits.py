@@ -47,6 +47,37 @@ class Sample:
 
 
 MANIFEST_COLUMNS = ("path", "label", "split", "sha256", "group")
+# No file name holds a NUL character: the column separator of `packed_manifest`.
+_SEPARATOR = "\0"
+
+
+def packed_manifest(samples: Sequence[Sample]) -> dict:
+    """``samples`` as the checkpoint stores them: each column one string, values NUL-separated.
+
+    A list of rows would be 6 objects per photo: about 4.6 MB and 65 ms to pickle at 40,000
+    photos, and 0.39 s for the ``weights_only`` unpickler (it runs in Python, object by object)
+    each time a checkpoint is read. As 5 strings: one object each, whatever the count.
+    """
+    packed = {
+        name: _SEPARATOR.join(str(getattr(sample, name)) for sample in samples)
+        for name in MANIFEST_COLUMNS
+    }
+    return {"count": len(samples), **packed}
+
+
+def unpacked_manifest(manifest: dict | Sequence[Sequence]) -> list[Sample]:
+    """The samples of a checkpoint's manifest: `packed_manifest`'s form, or the list of rows
+    that checkpoints written before it hold."""
+    if not isinstance(manifest, dict):
+        return [Sample.from_row(row) for row in manifest]
+    if not manifest["count"]:
+        return []
+    columns = [manifest[name].split(_SEPARATOR) for name in MANIFEST_COLUMNS]
+    if any(len(column) != manifest["count"] for column in columns):
+        raise ValueError(f"a manifest of {manifest['count']} photos with columns of other lengths")
+    paths, labels, splits, sha256, groups = columns
+    labels = map(int, labels)
+    return list(map(Sample, paths, labels, splits, sha256, groups))
 
 
 def split_counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:

@@ -49,6 +49,25 @@ def test_state_dict_restores_split(tiny_dataset):
     assert dm.state_dict()["preprocessing"]["image_size"] == 32
 
 
+def test_state_dict_through_a_weights_only_checkpoint(tiny_dataset, tmp_path):
+    dm = CrackDataModule(str(tiny_dataset), image_size=32, num_workers=0)
+    dm.setup()
+    torch.save({"data": dm.state_dict()}, tmp_path / "c.ckpt")
+    state = torch.load(tmp_path / "c.ckpt", weights_only=True)["data"]
+    restored = CrackDataModule(str(tiny_dataset), image_size=32, num_workers=0)
+    restored.load_state_dict(state)
+    assert restored.samples == dm.samples
+    # Restoring this run's own state keeps its samples; another split replaces them.
+    samples = dm.samples
+    dm.load_state_dict(state)
+    assert dm.samples is samples
+    other = CrackDataModule(str(tiny_dataset), image_size=32, split_seed=99, num_workers=0)
+    other.setup()
+    dm.load_state_dict(other.state_dict())
+    assert dm.samples == other.samples != samples
+    assert dm.state_dict()["manifest"] == other.state_dict()["manifest"]
+
+
 def test_manifest_written(tiny_dataset, tmp_path):
     dm = CrackDataModule(str(tiny_dataset), num_workers=0)
     dm.setup()

@@ -10,9 +10,11 @@ from crack.splits import (
     group_ids,
     handle_conflicts,
     identical_but_different,
+    packed_manifest,
     read_manifest,
     split_counts,
     stratified_split,
+    unpacked_manifest,
     write_manifest,
 )
 
@@ -73,6 +75,28 @@ def test_manifests_of_older_runs_still_read(tmp_path):
     (tmp_path / "old.csv").write_text("path,label,split\nPositive/1.jpg,1,test\n")
     assert read_manifest(tmp_path / "old.csv") == [Sample("Positive/1.jpg", 1, "test")]
     assert Sample.from_row(["a.png", "0", "val"]).to_row() == ["a.png", 0, "val", "", ""]
+
+
+@pytest.mark.parametrize("count", [0, 1, 7])
+def test_packed_manifest_round_trip(count):
+    names = ["Positive/a b,c.jpg", "Negative/é 1.png", 'x/\u00e9"quote".jpg', "", "n\nl.jpg"]
+    samples = [
+        Sample(names[i % len(names)], i % 2, SPLITS[i % 3], f"{i:064x}" if i % 4 else "", str(i))
+        for i in range(count)
+    ]
+    packed = packed_manifest(samples)
+    assert packed["count"] == count
+    assert all(isinstance(value, str) for key, value in packed.items() if key != "count")
+    assert unpacked_manifest(packed) == samples
+    # Checkpoints written before the packed form hold a list of rows.
+    assert unpacked_manifest([s.to_row() for s in samples]) == samples
+
+
+def test_packed_manifest_refuses_columns_of_other_lengths():
+    packed = packed_manifest([Sample("a.png", 0, "val"), Sample("b.png", 1, "test")])
+    packed["label"] = "0"
+    with pytest.raises(ValueError, match="2 photos"):
+        unpacked_manifest(packed)
 
 
 def _by(samples, key):
@@ -165,3 +189,16 @@ def test_label_conflicts_stop_with_the_files_or_are_dropped(caplog):
     with caplog.at_level(logging.WARNING):
         assert handle_conflicts(conflicts, "drop") == {"Negative/1.jpg", "Positive/9.jpg"}
     assert "Negative/1.jpg = Positive/9.jpg" in caplog.text
+
+
+def test_manifest_size_benchmark_checks_both_forms(capsys):
+    from benchmarks import manifest_size
+
+    rows = manifest_size.main(["--photos", "3", "10", "--rounds", "1"])
+    assert [(r["photos"], r["form"]) for r in rows] == [
+        (n, form) for n in (3, 10) for form in manifest_size.FORMS
+    ]
+    assert all(r["save_ms"] > 0 and r["load_ms"] > 0 and r["megabytes"] > 1 for r in rows)
+    assert "| 10 | packed (now) |" in capsys.readouterr().out
+    samples = manifest_size.synthetic_samples(10)
+    assert Counter(s.split for s in samples) == {"train": 8, "val": 1, "test": 1}

@@ -10,10 +10,13 @@ import sys
 
 import numpy as np
 import pytest
+import torch
+from torch.utils.data import DataLoader
 
 from crack import store as store_module
 from crack.errors import UserError
-from crack.store import RECORD, check_store, clean_leftovers, stored_arrays
+from crack.preprocessing import dihedral
+from crack.store import RECORD, StoredDataset, check_store, clean_leftovers, stored_arrays
 
 KEY = {"what": "test rows", "version": 1}
 ROWS = 40
@@ -149,3 +152,33 @@ def test_a_full_disk_is_a_message_not_a_signal(mount_tmpfs):
     with pytest.raises(UserError, match=r"no space left.*data.cache_dir.*data.cache=false"):
         stored_arrays(folder, KEY, 1000, big)
     assert list(folder.iterdir()) == []  # the partial build is gone too
+
+
+def test_stored_dataset_reads_a_batch_as_its_items(tmp_path):
+    rng = np.random.default_rng(0)
+    rows, labels = [5, 0, 3, 8, 1], [1, 0, 0, 1, 1]
+    keys = [0, (3, 6), 2, (4, 2), (1, 5)]
+    # Stored features: each row holds 4 of the 8 orientations, in the order listed.
+    features = rng.standard_normal((10, 4, 4, 1, 1)).astype(np.float16)
+    np.save(tmp_path / "features.npy", features)
+    stored = StoredDataset(
+        tmp_path / "features.npy", labels, torch.Tensor.float, rows, [0, 6, 2, 5]
+    )
+    stored_variants = {0: 0, 6: 1, 2: 2, 5: 3}
+    for key, (tensor, label) in zip(keys, stored.__getitems__(keys), strict=True):
+        index, variant = key if isinstance(key, tuple) else (key, 0)
+        expected = torch.from_numpy(features[rows[index], stored_variants[variant]]).float()
+        assert label == labels[index] and torch.equal(tensor, expected)
+        assert torch.equal(stored[key][0], expected)
+    # Stored images: the orientation is applied after the transform.
+    images = rng.integers(0, 255, (10, 3, 4, 4), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    served = StoredDataset(tmp_path / "images.npy", labels, lambda x: x.float() / 255, rows)
+    for key, (tensor, label) in zip(keys, served.__getitems__(keys), strict=True):
+        index, variant = key if isinstance(key, tuple) else (key, 0)
+        expected = dihedral(torch.from_numpy(images[rows[index]]).float() / 255, variant)
+        assert label == labels[index] and torch.equal(tensor, expected)
+    # The DataLoader reads through it: its batches are the items stacked.
+    ((batch, batch_labels),) = DataLoader(served, batch_size=5, sampler=keys)
+    assert torch.equal(batch, torch.stack([served[key][0] for key in keys]))
+    assert batch_labels.tolist() == [labels[k if isinstance(k, int) else k[0]] for k in keys]
