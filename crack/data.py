@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from crack.atomic import atomic_write
 from crack.classes import find_classes
 from crack.errors import UserError
+from crack.file_record import record_path
 from crack.index import index_images
 from crack.preprocessing import MAX_IMAGE_PIXELS, Preprocessing, dihedral, load_rgb
 from crack.sampling import EpochShuffle, evaluation_sampler
@@ -121,7 +122,9 @@ class CrackDataModule(L.LightningDataModule):
             return
         settings = self.settings
         self.classes = find_classes(self.root, settings.positive_class, settings.classes)
-        self.samples, self.summary = index_images(self.root, self.classes, settings)
+        record = record_path(self.cache_dir, self.root, settings.max_image_pixels)
+        record = record if settings.cache else None
+        self.samples, self.summary = index_images(self.root, self.classes, settings, record)
         counts = Counter((s.split, s.label) for s in self.samples)
         log.info(
             "Data %s: crack class %r (label 1), intact class %r (label 0); %s",

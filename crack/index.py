@@ -8,13 +8,8 @@ from pathlib import Path
 
 from crack.classes import has_split_folders
 from crack.errors import UserError
-from crack.files import (
-    IMAGE_EXTENSIONS,
-    check_images,
-    describe_kinds,
-    handle_bad_files,
-    list_files,
-)
+from crack.file_record import check_images_recorded
+from crack.files import IMAGE_EXTENSIONS, describe_kinds, handle_bad_files, list_files
 from crack.settings import DataSettings
 from crack.splits import (
     SPLITS,
@@ -58,7 +53,10 @@ def _image_files(root: Path, classes: Sequence[str]) -> tuple[list[tuple[Path, i
 
 
 def index_images(
-    root: Path, classes: Sequence[str], settings: DataSettings | None = None
+    root: Path,
+    classes: Sequence[str],
+    settings: DataSettings | None = None,
+    record: Path | None = None,
 ) -> tuple[list[Sample], dict]:
     """Every readable image under ``root`` with its label, content hash and split, and a summary.
 
@@ -66,12 +64,14 @@ def index_images(
     (``settings.group_pattern``), are kept within one split; ``settings.split=None`` puts every
     image in the test split. Unreadable files are skipped or stop the run (``on_bad_file``);
     files stored under both classes stop it or are dropped (``on_conflict``). The summary (plain
-    types) counts what was found, merged, dropped and where it went.
+    types) counts what was found, merged, dropped and where it went. With ``record``
+    (`crack.file_record`), files unchanged since an earlier run are not read again.
     """
     settings = settings or DataSettings(root=str(root))
     split, split_seed, group_pattern = settings.split, settings.split_seed, settings.group_pattern
     found, skipped = _image_files(root, classes)
-    checked = check_images([path for path, _, _ in found], settings.max_image_pixels)
+    paths = [path for path, _, _ in found]
+    checked = check_images_recorded(paths, root, settings.max_image_pixels, record)
     bad = {path.relative_to(root).as_posix(): reason for path, reason in checked.bad.items()}
     handle_bad_files(bad, settings.on_bad_file)
     rows = [
