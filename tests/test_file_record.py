@@ -135,3 +135,12 @@ def test_the_datamodule_keeps_the_record_in_its_cache_folder(tiny_dataset, tmp_p
     again = CrackDataModule(str(tiny_dataset), cache_dir=str(tmp_path / "True"))
     again.setup()
     assert again.samples == dm.samples
+
+
+def test_setup_time_benchmark_times_the_three_setups(tiny_dataset, settled, capsys):
+    from benchmarks import setup_time
+
+    seconds = setup_time.main(["--data-root", str(tiny_dataset), "--rounds", "1"])
+    assert list(seconds) == ["first run", "later run", "data.cache=false"]
+    assert all(value > 0 for value in seconds.values())
+    assert "later run" in capsys.readouterr().out
