@@ -2,7 +2,9 @@ import csv
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from torchmetrics.functional.classification import binary_auroc
 
 from crack.inference import (
     Prediction,
@@ -69,7 +71,7 @@ def test_tiled_photos_are_most_cracked_where_the_crack_is(trained_checkpoint, tm
     results = predict_files(classifier, paths, 0.5, heatmap_dir=tmp_path / "maps", root=tmp_path)
 
     boxes = tile_boxes(6 * 32, 4 * 32, 32, 16)
-    on_crack_probs, elsewhere_probs, top_tile_on_crack = [], [], 0
+    on_crack_probs, elsewhere_probs, rankings = [], [], []
     for result, region in zip(results, regions, strict=True):
         assert result.tiles == len(boxes) == 11 * 7
         probs = result.tile_probabilities
@@ -77,14 +79,16 @@ def test_tiled_photos_are_most_cracked_where_the_crack_is(trained_checkpoint, tm
         on_crack = np.array([overlaps(box, region) for box in boxes])
         on_crack_probs += list(probs[on_crack])
         elsewhere_probs += list(probs[~on_crack])
-        top_tile_on_crack += on_crack[np.argmax(probs)]
+        rankings.append(float(binary_auroc(torch.from_numpy(probs), torch.from_numpy(on_crack))))
         assert result.heatmap == tmp_path / "maps" / f"{result.path.name}.png"
         assert Image.open(result.heatmap).format == "PNG"
     # A model trained from scratch for seconds has false alarms, but far fewer than hits: tiles
-    # on the crack score 3-4x the others on average (several such models checked), and the top
-    # tile is on the crack in 4-6 of the 8 photos (by chance: 16 of 77 tiles, under 2 photos).
+    # on the crack score 2.4-5x the others on average, and rank above them with a mean AUROC of
+    # 0.75-0.81 per photo (models of two seeds and two lengths, on Intel and AMD CPUs; by
+    # chance 0.5, give or take 0.03 over 8 photos). Which tile is the very top one is left to
+    # chance: 3 to 6 photos of 8 among those models.
     assert np.mean(on_crack_probs) > 2 * np.mean(elsewhere_probs)
-    assert top_tile_on_crack >= 4
+    assert np.mean(rankings) > 0.65
 
 
 def test_photos_the_size_of_the_tiles_are_classified_whole(trained_checkpoint, tmp_path):
