@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from crack.allocator import keep_freed_memory
 from crack.calibration import CalibrationSettings, calibrate, write_calibration
-from crack.checkpoint import load_weights_from
+from crack.checkpoint import load_weights_from, read_checkpoint, restore_weights
 from crack.console import quiet_lightning
 from crack.errors import UserError, user_errors
 from crack.resume import restore_run
@@ -68,29 +68,37 @@ def train(cfg: DictConfig) -> float:
     # The sweeps' objective: the validation F1 of the checkpoint the run keeps. Not logged, so
     # the validation curves in TensorBoard end with the last epoch.
     best = trainer.checkpoint_callback.best_model_path  # model_checkpoint: lowest val loss
+    # The kept weights, read once for validation, calibration and test (each reading the file
+    # again was a tenth of a short run).
+    kept = read_checkpoint(best)
+    restore_weights(model, kept, best)
     loggers, trainer.loggers = trainer.loggers, []
-    (val_metrics,) = trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
+    (val_metrics,) = trainer.validate(model, datamodule=datamodule, verbose=False)
     trainer.loggers = loggers
     # The operating point, temperature and unfamiliar-photo statistics of the kept weights,
     # chosen on the validation split and stored in best.ckpt, which test, eval, predict and
     # export then use.
     if trainer.is_global_zero:
         settings = CalibrationSettings(**cfg.calibration)
-        write_calibration(best, model, calibrate(model, datamodule, settings))
+        write_calibration(best, kept, model, calibrate(model, datamodule, settings))
     trainer.strategy.barrier("calibration")
+    if not trainer.is_global_zero:  # the calibration the first process chose and stored
+        restore_weights(model, read_checkpoint(best), best)
     test_metrics = {}
     if cfg.test:
-        (test_metrics,) = trainer.test(model, datamodule=datamodule, ckpt_path=best)
-    report(run_dir, trainer, val_metrics, test_metrics, model.test_confusion_matrix)
+        (test_metrics,) = trainer.test(model, datamodule=datamodule)
+    epoch = kept["epoch"] + 1  # counted from 1, as in the progress bar and curves.png
+    report(run_dir, trainer, val_metrics, test_metrics, model.test_confusion_matrix, epoch)
     return val_metrics["val/f1"]
 
 
 @rank_zero_only  # once, not once per DDP process
 def report(
-    run_dir: Path, trainer: L.Trainer, val: dict, test: dict, confusion: list | None
+    run_dir: Path, trainer: L.Trainer, val: dict, test: dict, confusion: list | None, kept: int
 ) -> None:
-    """Say how training ended, where the outputs are and the metrics, on screen and in train.log."""
-    log.info("Done.\n%s", run_summary(run_dir, trainer, val, test, confusion))
+    """Say how training ended, which epoch was ``kept``, where the outputs are and the metrics,
+    on screen and in train.log."""
+    log.info("Done.\n%s", run_summary(run_dir, trainer, val, test, confusion, kept))
 
 
 if __name__ == "__main__":

@@ -167,10 +167,11 @@ def calibrate(model: CrackClassifier, datamodule, settings: CalibrationSettings)
 CALIBRATION_KEYS = ("temperature", "threshold", "familiarity.")
 
 
-def write_calibration(path: str | Path, model: CrackClassifier, chosen: dict) -> None:
-    """Put ``model``'s calibration into the checkpoint file ``path`` (atomically)."""
-    path = Path(path)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+def write_calibration(
+    path: str | Path, checkpoint: dict, model: CrackClassifier, chosen: dict
+) -> None:
+    """Put ``model``'s calibration into ``checkpoint`` (as read from the file ``path``) and write
+    it back to ``path`` (atomically)."""
     state = model.state_dict()
     for key, value in state.items():
         if key.startswith(CALIBRATION_KEYS):

@@ -89,6 +89,13 @@ def load_trained_model(path: str | Path) -> TrainedModel:
 
 def load_weights_from(model: CrackClassifier, path: str | Path) -> None:
     """Start ``model`` from the weights of a trained checkpoint (``init_from``)."""
-    checkpoint = read_checkpoint(path, "init_from")
+    restore_weights(model, read_checkpoint(path, "init_from"), path, "init_from")
+
+
+def restore_weights(
+    model: CrackClassifier, checkpoint: dict, path: str | Path, option: str = "ckpt"
+) -> None:
+    """Put the weights of ``checkpoint`` (`read_checkpoint` of ``path``) into ``model``, as
+    Lightning's ``ckpt_path=`` does."""
     model.on_load_checkpoint(checkpoint)
-    _load_state_dict(model, checkpoint["state_dict"], path, "init_from")
+    _load_state_dict(model, checkpoint["state_dict"], path, option)

@@ -158,8 +158,8 @@ class CrackDataModule(L.LightningDataModule):
     def load_state_dict(self, state_dict: dict) -> None:
         self.classes = state_dict["classes"]
         manifest = state_dict["manifest"]
-        # Restoring a checkpoint of this run (validate and test of best.ckpt) gives back the
-        # same split: keep the samples instead of building them again (80 ms at 40,000 photos).
+        # Restoring a checkpoint of this run (resume) gives back the same split: keep the
+        # samples instead of building them again (80 ms at 40,000 photos).
         if self._manifest_of_samples() != manifest:
             self.samples = unpacked_manifest(manifest)
             self._packed = (self.samples, manifest) if isinstance(manifest, dict) else None

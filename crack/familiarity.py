@@ -60,21 +60,25 @@ class Familiarity(nn.Module):
         return scores > self.threshold
 
     def _fit_directions(self, train: torch.Tensor) -> None:
-        train = train.double()
-        mean = train.mean(0)
-        # Singular values of the centred rows give the variances along each direction. One
-        # thread: LAPACK's threads only wait on each other for a matrix this small (16 ms with
-        # one, 0.3-1.6 s with two on a 2-core CPU, 384 x 240).
+        """Fit mean and principal directions on the rows of ``train``."""
+        self._fit_moments(*_moments(train.double()))
+
+    def _fit_moments(self, count: int, total: torch.Tensor, products: torch.Tensor) -> None:
+        """Fit mean and principal directions on rows with these `_moments` (float64)."""
+        mean = total / count
+        covariance = (products - count * torch.outer(mean, mean)) / max(1, count - 1)
+        # Eigenvalues of the covariance are the variances along each direction, in rising
+        # order. One thread: LAPACK's threads only wait on each other for a matrix this small.
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            _, singular, directions = torch.linalg.svd(train - mean, full_matrices=False)
+            variance, directions = torch.linalg.eigh(covariance)
         finally:
             torch.set_num_threads(threads)
-        variance = singular.square() / max(1, len(train) - 1)
+        variance, directions = variance.flip(0), directions.flip(1)
         keep = min(self.projection.shape[1], int((variance > 1e-12 * variance[0]).sum()))
         projection = torch.zeros_like(self.projection, dtype=torch.float64)
-        projection[:, :keep] = directions[:keep].T / variance[:keep].sqrt()
+        projection[:, :keep] = directions[:, :keep] / variance[:keep].sqrt()
         self.mean.copy_(mean.float())
         self.projection.copy_(projection.float())
         self.used.fill_(max(1, keep))
@@ -92,12 +96,30 @@ class Familiarity(nn.Module):
         folds = min(folds, len(photos))
         if folds < 2:
             raise ValueError(f"the familiarity fit needs at least 2 photos, got {len(photos)}")
+        # The moments of each fold, summed for each fit: one pass over the photos and one
+        # small eigendecomposition per fit (6 fits of 540 photos: 0.22 s by SVD of the rows,
+        # 0.05 s so). Shifted by the photos' mean first, so that the covariance is not the
+        # small difference of two large numbers.
+        shift = photos.double().mean(0)
+        moments = [_moments(photos[fold::folds].double() - shift) for fold in range(folds)]
         unseen = []
         for fold in range(folds):
-            self._fit_directions(torch.cat([photos[i::folds] for i in range(folds) if i != fold]))
+            self._fit_moments(*_summed(m for i, m in enumerate(moments) if i != fold))
+            self.mean.add_(shift.float())
             unseen.append(self(photos[fold::folds]))
-        self._fit_directions(photos)
+        self._fit_moments(*_summed(moments))
+        self.mean.add_(shift.float())
         self.threshold.copy_(torch.quantile(torch.cat(unseen).double(), percentile / 100))
+
+
+def _moments(rows: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """Count, sum and sum of outer products of ``rows``: what a mean and covariance need."""
+    return len(rows), rows.sum(0), rows.T @ rows
+
+
+def _summed(moments) -> tuple[int, torch.Tensor, torch.Tensor]:
+    counts, totals, products = zip(*moments, strict=True)
+    return sum(counts), sum(totals), sum(products)
 
 
 def unfamiliar_summary(unfamiliar: int, total: int) -> str:

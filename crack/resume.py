@@ -77,7 +77,12 @@ class BatchSeeding(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: object, batch_idx: int
     ) -> None:
         seed = derived_seed(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank)
-        torch.manual_seed(seed)
+        # What torch.manual_seed does for the devices in use: it also seeds every other device
+        # type, and queues CUDA's seeding with a formatted stack trace while CUDA is not started
+        # (0.15-0.8 ms a batch, a tenth of a step on stored features).
+        torch.default_generator.manual_seed(seed)
+        if pl_module.device.type != "cpu":
+            torch.get_device_module(pl_module.device).manual_seed_all(seed)
         np.random.seed(seed)
         random.seed(seed)
 

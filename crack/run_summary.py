@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
 # The main files of a run directory and what they hold, in the order a user looks for them.
@@ -23,19 +22,9 @@ RUN_FILES = {
 }
 
 
-def checkpoint_epoch(path: str | Path) -> int | None:
-    """The 1-based epoch at the end of which a Lightning checkpoint was written (None: unknown)."""
-    try:
-        # mmap: only the header and the small "epoch" entry are read from disk.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (OSError, RuntimeError):
-        return None
-    epoch = checkpoint.get("epoch")
-    return None if epoch is None else int(epoch) + 1
-
-
-def how_training_ended(trainer: L.Trainer, best: str | Path | None) -> list[str]:
-    """Whether early stopping ended the run and after which epoch, and which epoch was kept."""
+def how_training_ended(trainer: L.Trainer, kept: int | None) -> list[str]:
+    """Whether early stopping ended the run and after which epoch, and which epoch was kept
+    (``kept``: the 1-based epoch at the end of which the kept checkpoint was written)."""
     epochs = trainer.current_epoch  # epochs completed in this fit
     stoppers = [c for c in trainer.callbacks if isinstance(c, EarlyStopping)]
     stopped = next((c for c in stoppers if c.stopped_epoch > 0), None)
@@ -47,7 +36,6 @@ def how_training_ended(trainer: L.Trainer, best: str | Path | None) -> list[str]
         ]
     else:
         lines = [f"Training ran {epochs} epochs (trainer.max_epochs={trainer.max_epochs})."]
-    kept = checkpoint_epoch(best) if best else None
     callback = trainer.checkpoint_callback
     if kept is not None:
         score = callback.best_model_score
@@ -87,10 +75,10 @@ def run_summary(
     val_metrics: dict,
     test_metrics: dict,
     confusion: list | None,
+    kept: int | None,
 ) -> str:
     """All of the above, as the text train.py prints and writes into train.log."""
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
-    lines = how_training_ended(trainer, best) + where_everything_went(Path(run_dir))
+    lines = how_training_ended(trainer, kept) + where_everything_went(Path(run_dir))
     lines += metrics_lines("Validation", val_metrics)
     if test_metrics:
         lines += metrics_lines("Test", test_metrics)

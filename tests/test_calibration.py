@@ -13,7 +13,7 @@ from crack.calibration import (
     recall_threshold,
     write_calibration,
 )
-from crack.checkpoint import load_trained_model
+from crack.checkpoint import load_trained_model, read_checkpoint
 from crack.data import CrackDataModule
 from crack.splits import Sample
 
@@ -95,7 +95,7 @@ def test_calibration_uses_validation_only_and_survives_the_checkpoint(trained_ch
 
     path = tmp_path / "best.ckpt"
     path.write_bytes(trained_checkpoint.read_bytes())
-    write_calibration(path, trained.model, chosen)
+    write_calibration(path, read_checkpoint(path), trained.model, chosen)
     restored = load_trained_model(path).model
     assert float(restored.temperature) == pytest.approx(chosen["temperature"])
     assert float(restored.threshold) == pytest.approx(chosen["threshold"])

@@ -41,6 +41,32 @@ def test_the_threshold_rests_on_every_photo_scored_by_a_fit_without_it():
     torch.testing.assert_close(familiarity(photos), kept(photos))
 
 
+def _reference_scores(train: torch.Tensor, photos: torch.Tensor, components: int) -> torch.Tensor:
+    """The score as the module docstring defines it, from an SVD of the centred rows."""
+    train, photos = train.double(), photos.double()
+    mean = train.mean(0)
+    _, singular, directions = torch.linalg.svd(train - mean, full_matrices=False)
+    variance = singular.square() / (len(train) - 1)
+    keep = min(components, int((variance > 1e-12 * variance[0]).sum()))
+    whitened = (photos - mean) @ (directions[:keep].T / variance[:keep].sqrt())
+    return (whitened.square().sum(1) / keep).sqrt()
+
+
+def test_the_fit_from_moments_scores_as_the_principal_directions_of_the_rows():
+    """Fewer photos than dimensions (a rank-deficient cloud) far from the origin, as block
+    statistics are: the covariance from summed moments must not turn rounding into directions."""
+    generator = torch.Generator().manual_seed(2)
+    rank12 = torch.randn(30, 12, generator=generator, dtype=torch.float64)
+    train = rank12 @ torch.randn(12, 48, generator=generator, dtype=torch.float64) + 1000
+    new = train[:5] + torch.randn(5, 48, generator=generator, dtype=torch.float64)
+    familiarity = Familiarity(48, components=16)
+    familiarity.fit(train, folds=3)
+    torch.testing.assert_close(
+        familiarity(new).double(), _reference_scores(train, new, 16), rtol=1e-4, atol=1e-4
+    )
+    assert int(familiarity.used) == 12  # the rank of the cloud, not a direction of rounding
+
+
 def _described(model, images):
     with torch.inference_mode():
         return block_statistics(model.features, images, model.statistics_blocks)[1]

@@ -3,7 +3,7 @@ from types import SimpleNamespace
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
-from crack.run_summary import checkpoint_epoch, how_training_ended, where_everything_went
+from crack.run_summary import how_training_ended, where_everything_went
 
 
 def fake_trainer(tmp_path, stopped_epoch: int):
@@ -19,18 +19,14 @@ def fake_trainer(tmp_path, stopped_epoch: int):
 
 
 def test_the_summary_says_how_training_ended_and_which_epoch_was_kept(tmp_path):
-    best = tmp_path / "best.ckpt"
-    torch.save({"epoch": 5, "state_dict": {}}, best)  # written at the end of the 6th epoch
-    assert checkpoint_epoch(best) == 6
-    assert checkpoint_epoch(tmp_path / "missing.ckpt") is None
-    stopped = how_training_ended(fake_trainer(tmp_path, stopped_epoch=8), best)
+    stopped = how_training_ended(fake_trainer(tmp_path, stopped_epoch=8), kept=6)
     assert stopped == [
         "Early stopping ended training after epoch 9 of at most 15: val/loss had not improved "
         "for 3 epochs (best 0.1234).",
         "Kept checkpoint: epoch 6, the lowest val/loss (0.1234).",
     ]
-    ran = how_training_ended(fake_trainer(tmp_path, stopped_epoch=0), best)
-    assert ran[0] == "Training ran 15 epochs (trainer.max_epochs=15)."
+    ran = how_training_ended(fake_trainer(tmp_path, stopped_epoch=0), kept=None)
+    assert ran == ["Training ran 15 epochs (trainer.max_epochs=15)."]  # no kept checkpoint
 
 
 def test_the_summary_lists_the_files_the_run_wrote(tmp_path):
