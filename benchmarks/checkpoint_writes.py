@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, list[float]]]
     seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
     waits: dict[str, list[float]] = {name: [] for name in VARIANTS}
     try:
-        _warm_up(workdir, datamodule)
+        _warm_up(workdir, datamodule, args.weights_path)
         for run in range(args.rounds * len(VARIANTS)):
             name, background = list(VARIANTS.items())[run % len(VARIANTS)]
             cache_dir = workdir / f"cache{run}"  # empty: the store is built

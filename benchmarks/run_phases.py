@@ -89,7 +89,7 @@ def _time_runs(args: argparse.Namespace) -> None:
     datamodule.setup()
     workdir = Path(tempfile.mkdtemp(prefix="crack-phases-"))
     try:
-        _warm_up(workdir, datamodule)
+        _warm_up(workdir, datamodule, args.weights_path)
         overrides = train_overrides(datamodule, args.weights_path, workdir / "cache", args.epochs)
         if args.experiment == "finetune":
             overrides.append(f"head_epochs={default_head_epochs(args.epochs)}")

@@ -29,6 +29,8 @@ It prints wall time, images/s and test accuracy of each, and writes them to ``--
 ``speedup_frozen``, ``speedup_finetune``, ``speedup_finetune_fp32``, ``speedup_finetune_bf16``,
 ``frozen_over_floor``,
 ``floor_speedup_vs_torch`` = floor_torch seconds / floor seconds, ``settings``, ``machine``).
+On a device without bfloat16 instructions ``finetune_bf16`` and ``floor_bf16`` (and their
+speedup) are left out, and ``skipped`` says why (``--bf16-rows=yes`` runs them anyway).
 images/s counts the images a run reads: epochs x (train + val) + test for training runs.
 """
 
@@ -59,8 +61,9 @@ from crack.allocator import keep_freed_memory
 from crack.classes import has_split_folders
 from crack.data import CrackDataModule, ImageFileDataset
 from crack.model import CrackClassifier
-from crack.runtime import ForwardRunner
+from crack.runtime import ForwardRunner, bf16_native
 from crack.splits import SPLITS, Sample
+from crack.synthetic import make_dataset
 
 log = logging.getLogger("benchmarks.training")
 
@@ -70,6 +73,12 @@ EXPERIMENTS = ("frozen", "finetune")
 # floor before ONNX Runtime), and in bfloat16.
 FLOORS = (("floor", "auto", "32"), ("floor_torch", "torch", "32"), ("floor_bf16", "torch", "bf16"))
 FLOORS_SHOWN = tuple(name for name, _, _ in FLOORS)
+BF16_ROWS = ("finetune_bf16", "floor_bf16")
+
+
+def _floors(bf16: bool) -> tuple[tuple[str, str, str], ...]:
+    """The floors to measure: all, or all but the bfloat16 one."""
+    return FLOORS if bf16 else tuple(f for f in FLOORS if f[0] not in BF16_ROWS)
 
 
 class TestMetrics(L.Callback):
@@ -92,22 +101,22 @@ def default_head_epochs(epochs: int) -> int:
     return min(3, epochs - 1)
 
 
-def _runs(head_epochs: int, cache_dir: Path) -> list[tuple[str, str, list[str]]]:
+def _runs(head_epochs: int, cache_dir: Path, bf16: bool = True) -> list[tuple[str, str, list[str]]]:
     """(name, experiment, overrides) of the train.py runs, in order: each experiment from an
     empty cache, then reusing it; then finetune trained in float32 (its own empty cache), with
-    the frozen blocks' pass in bfloat16 too (its own stores), and with BatchNorm not folded
-    (reusing finetune's stores)."""
+    the frozen blocks' pass in bfloat16 too (its own stores; only if ``bf16``), and with
+    BatchNorm not folded (reusing finetune's stores)."""
     finetune = [f"head_epochs={head_epochs}"]
     runs = []
     for experiment in EXPERIMENTS:
         extra = finetune if experiment == "finetune" else []
         runs += [(experiment, experiment, extra), (f"{experiment}_reuse", experiment, extra)]
     fp32 = ["trainer.precision=32-true", f"data.cache_dir={cache_dir}_fp32"]
-    bf16 = ["trainer.precision=bf16-mixed", "inference.precision=bf16"]
+    bf16_overrides = ["trainer.precision=bf16-mixed", "inference.precision=bf16"]
     return [
         *runs,
         ("finetune_fp32", "finetune", [*finetune, *fp32]),
-        ("finetune_bf16", "finetune", [*finetune, *bf16]),
+        *([("finetune_bf16", "finetune", [*finetune, *bf16_overrides])] if bf16 else []),
         ("finetune_unfolded", "finetune", [*finetune, UNFOLDED]),
     ]
 
@@ -166,13 +175,23 @@ def run_experiment(experiment: str, overrides: Sequence[str], run_dir: Path, ima
     return _row(seconds, images, accuracy)
 
 
-def _warm_up(workdir: Path, datamodule: CrackDataModule) -> None:
+def _warm_up(workdir: Path, datamodule: CrackDataModule, weights_path: str | Path) -> None:
     """Pay the one-time costs before any clock runs, so that no run pays them for the others:
     imports (train.py, Hydra, TensorBoard, the ONNX exporter), the first read of every file from
-    disk, and the first forward passes (kernel selection, allocator) in both memory formats and
-    through ONNX Runtime."""
-    _load_train_script()
-    L.pytorch.loggers.TensorBoardLogger(str(workdir / "warm-up")).experiment.close()
+    disk, the first forward passes (kernel selection, allocator) in both memory formats and
+    through ONNX Runtime, and the first call of everything a train.py run calls (Lightning's
+    loops, logging, metrics, checkpoints; 0.3-0.5 s that the first run timed paid alone), by a
+    one-epoch run on 32 generated 32 px images."""
+    tiny = make_dataset(workdir / "warm-up" / "data", n_per_class=16, image_size=32)
+    overrides = [
+        f"data.root={tiny}",
+        f"model.weights_path={Path(weights_path).resolve()}",
+        "data.image_size=32",
+        f"data.cache_dir={workdir / 'warm-up' / 'cache'}",
+        "trainer.max_epochs=1",
+        "+trainer.enable_progress_bar=false",
+    ]
+    run_experiment("frozen", overrides, workdir / "warm-up" / "run", 1)
     for sample in datamodule.samples:
         (datamodule.root / sample.path).read_bytes()
     size = datamodule.preprocessing.image_size
@@ -355,6 +374,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--cache-dir", default=None, help="cache folder; default: a new temporary one, removed"
     )
+    parser.add_argument(
+        "--bf16-rows",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="run finetune_bf16 and floor_bf16; auto: where the device has bfloat16 "
+        "instructions (elsewhere autocast emulates them: a finetune run takes many minutes)",
+    )
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs={args.epochs}: give at least 1")
@@ -396,9 +422,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "keep_freed_memory": malloc_tuned,
     }
     overrides = train_overrides(datamodule, args.weights_path, cache_dir, args.epochs)
+    bf16 = args.bf16_rows == "yes" or (args.bf16_rows == "auto" and bf16_native(device))
+    if not bf16:
+        results["skipped"] = {
+            name: f"no bfloat16 instructions on this {device.type} (--bf16-rows=yes runs it)"
+            for name in BF16_ROWS
+        }
     try:
-        _warm_up(workdir, datamodule)
-        for name, runtime, precision in FLOORS:
+        _warm_up(workdir, datamodule, args.weights_path)
+        for name, runtime, precision in _floors(bf16):
             log.info("%s: one inference pass over %d images", name, len(datamodule.samples))
             results[name] = inference_floor(
                 datamodule, datamodule.samples, args.weights_path, device, runtime, precision
@@ -407,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         results["plain"] = plain_pipeline(
             datamodule, args.weights_path, args.epochs, lr=1e-3, seed=42, device=device
         )
-        for name, experiment, extra in _runs(head_epochs, cache_dir):
+        for name, experiment, extra in _runs(head_epochs, cache_dir, bf16):
             log.info("%s: train.py experiment=%s %s", name, experiment, " ".join(extra))
             results[name] = run_experiment(
                 experiment, [*overrides, *extra], workdir / "runs" / name, images_read
@@ -418,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     plain = results["plain"]["seconds"]
     results["speedup_frozen"] = round(plain / results["frozen"]["seconds"], 2)
     results["speedup_finetune"] = round(plain / results["finetune"]["seconds"], 2)
-    for name in ("finetune_fp32", "finetune_bf16"):
+    for name in ("finetune_fp32", "finetune_bf16")[: 2 if bf16 else 1]:
         results[f"speedup_{name}"] = round(plain / results[name]["seconds"], 2)
     results["frozen_over_floor"] = round(
         results["frozen"]["seconds"] / results["floor"]["seconds"], 2
@@ -441,6 +473,8 @@ def format_results(results: dict) -> str:
         f"{'run':<16}{'seconds':>10}{'images/s':>10}{'test acc':>10}{'vs plain':>10}",
     ]
     for name in ("plain", *(name for name, _, _ in _runs(0, Path())), *FLOORS_SHOWN):
+        if name not in results:  # skipped
+            continue
         row = results[name]
         accuracy = f"{row['test_accuracy']:.4f}" if "test_accuracy" in row else "-"
         speedup = results["plain"]["seconds"] / row["seconds"]

@@ -31,7 +31,7 @@ def test_bench_times_every_run_and_writes_the_figures(tiny_dataset, tmp_path, we
         [
             f"--data-root={tiny_dataset}", f"--weights-path={weights_file}",
             "--epochs=1", "--image-size=32", f"--out={out}", "--batch-size=16",
-            "--num-workers=0",
+            "--num-workers=0", "--bf16-rows=yes",
         ]
     )  # fmt: skip
 
@@ -91,3 +91,12 @@ def test_run_phases_prints_the_phases_of_each_run(tiny_dataset, weights_file, ca
     for label in ("trainer.fit", "training batches", "checkpoints saved", "feature cache"):
         assert label in second, label
     assert " in 0 calls" not in second
+
+
+def test_bench_leaves_out_the_bfloat16_rows_where_they_would_be_emulated():
+    names = [name for name, _, _ in bench._runs(3, bench.Path("cache"), bf16=False)]
+    assert "finetune_bf16" not in names and "finetune_fp32" in names
+    assert [name for name, _, _ in bench._floors(False)] == ["floor", "floor_torch"]
+    everything = [name for name, _, _ in bench._runs(3, bench.Path("cache"))]
+    assert everything == [*names[:5], "finetune_bf16", names[5]]
+    assert bench._floors(True) == bench.FLOORS
