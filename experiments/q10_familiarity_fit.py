@@ -85,6 +85,7 @@ class Variant(Familiarity):
         percentile: float,
         folds: int = 5,
         fold_of: np.ndarray | None = None,
+        tail: str = "empirical",
     ) -> None:
         """``project``: crack.familiarity as of Q6-Q9, whose validation scores were taken
         before any fit (all 0; q6 and q8 measured with it); ``train``: validation scored by the fit on ``train``;
@@ -102,7 +103,13 @@ class Variant(Familiarity):
             unseen.append(self(val))
         elif how == "project":
             unseen.append(torch.zeros(len(val)))
-        self.threshold.copy_(torch.quantile(torch.cat(unseen).double(), percentile / 100))
+        unseen = torch.cat(unseen).double()
+        if tail == "lognormal":  # Q13: the percentile of a log-normal fitted to all the scores
+            logs = unseen.clamp_min(1e-12).log()
+            z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(percentile / 100))
+            self.threshold.copy_((logs.mean() + z * logs.std()).exp())
+        else:
+            self.threshold.copy_(torch.quantile(unseen, percentile / 100))
 
     def forward(self, described: torch.Tensor) -> torch.Tensor:
         if not self.knn:
@@ -123,6 +130,25 @@ def a_contiguous_run(unique: np.ndarray, labels: np.ndarray, draw: int) -> tuple
     return chosen[:480], chosen[480:540], np.setdiff1d(unique, chosen)
 
 
+def the_project_run(paths: np.ndarray, root: str) -> tuple[np.ndarray, ...]:
+    """The project's own draw (Q13): train.py's split of the photos under ``root`` (each a
+    file, or a link to a file, of the METU store), found by name; every other photo unseen, as
+    ``eval.py`` on the rest of the folder scores them."""
+    from crack.data import CrackDataModule
+
+    datamodule = CrackDataModule(root, image_size=224, cache=False)
+    datamodule.setup()
+    where = {"/".join(Path(p).parts[-2:]): i for i, p in enumerate(paths)}
+    split = {
+        name: np.array(
+            [where["/".join(Path(s.path).parts[-2:])] for s in datamodule.split_samples(name)]
+        )
+        for name in ("train", "val", "test")
+    }
+    chosen = np.concatenate(list(split.values()))
+    return split["train"], split["val"], np.setdiff1d(np.arange(len(paths)), chosen)
+
+
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     metu, sdnet = np.load(args.metu), np.load(args.sdnet)
@@ -130,6 +156,7 @@ def run(args: argparse.Namespace) -> None:
     unique = np.sort(np.concatenate([split[k] for k in ("train", "val", "test", "rest")]))
     labels = metu["labels"]
     grid = itertools.product(
+        [float(p) for p in args.percentile.split(",")],
         args.blocks.split(";"),
         args.fit.split(","),
         [float(r) for r in args.ridge.split(",")],
@@ -137,7 +164,7 @@ def run(args: argparse.Namespace) -> None:
         [int(k) for k in args.knn.split(",")],
     )
     cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for blocks_text, fit_on, ridge, components, knn in grid:
+    for percentile, blocks_text, fit_on, ridge, components, knn in grid:
         blocks = tuple(int(b) for b in blocks_text.split(","))
         if blocks_text not in cache:
             cache[blocks_text] = (
@@ -146,9 +173,12 @@ def run(args: argparse.Namespace) -> None:
             )
         described, sd = cache[blocks_text]
         flagged, flagged_sd, separation = [], [], []
-        for draw in range(args.draws):
-            drawn = a_contiguous_run if args.draw == "contiguous" else a_run
-            train, val, others = drawn(unique, labels, draw)
+        for draw in range(1 if args.draw == "project" else args.draws):
+            if args.draw == "project":
+                train, val, others = the_project_run(metu["paths"], args.project_root)
+            else:
+                drawn = a_contiguous_run if args.draw == "contiguous" else a_run
+                train, val, others = drawn(unique, labels, draw)
             fam = Variant(described.shape[1], components, ridge, knn)
             fold_of = None
             if args.folds_by == "order":  # consecutive files of each class, as sites would be
@@ -158,7 +188,7 @@ def run(args: argparse.Namespace) -> None:
                     of_class = np.flatnonzero(labels[fit_rows] == y)
                     in_order = of_class[np.argsort(fit_rows[of_class])]
                     fold_of[in_order] = np.arange(len(in_order)) * 5 // len(in_order)
-            fam.fit_as(fit_on, described[train], described[val], args.percentile, 5, fold_of)
+            fam.fit_as(fit_on, described[train], described[val], percentile, 5, fold_of, args.tail)
             with torch.no_grad():
                 unseen, walls = fam(described[others]), fam(sd)
             flagged.append(float(fam.unfamiliar(unseen).float().mean()))
@@ -171,8 +201,9 @@ def run(args: argparse.Namespace) -> None:
             "ridge": ridge,
             "components": components,
             "knn": knn,
-            "percentile": args.percentile,
-            "draws": args.draws,
+            "percentile": percentile,
+            "tail": args.tail,
+            "draws": 1 if args.draw == "project" else args.draws,
             "draw": args.draw,
             "folds_by": args.folds_by,
             "metu_unseen_flagged_mean": float(np.mean(flagged)),
@@ -197,8 +228,10 @@ def main() -> None:
     ap.add_argument("--ridge", default="0")
     ap.add_argument("--components", default="64")
     ap.add_argument("--knn", default="0")
-    ap.add_argument("--percentile", type=float, default=99.0)
-    ap.add_argument("--draw", choices=["random", "contiguous"], default="random")
+    ap.add_argument("--percentile", default="99", help="comma-separated percentiles")
+    ap.add_argument("--draw", choices=["random", "contiguous", "project"], default="random")
+    ap.add_argument("--tail", choices=["empirical", "lognormal"], default="empirical")
+    ap.add_argument("--project-root", help="--draw project: the 600 photos train.py was given")
     ap.add_argument("--folds-by", choices=["rows", "order"], default="rows")
     run(ap.parse_args())
 
