@@ -346,6 +346,9 @@ def machine() -> dict:
         if hasattr(os, "sched_getaffinity")
         else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        # What the CPU runs fastest: ONNX Runtime and PyTorch pick their kernels by it.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16": bf16_native(torch.device("cpu")),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "platform": platform.platform(),
         "python": platform.python_version(),

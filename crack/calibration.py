@@ -155,8 +155,9 @@ def calibrate(model: CrackClassifier, datamodule, settings: CalibrationSettings)
     }
     log.info(
         "Calibrated on %d validation images: temperature %.3f (ECE %.4f -> %.4f), threshold "
-        "%.4f (recall >= %.2f); unfamiliar above a score of %.3f (%gth percentile of the "
-        "out-of-fold scores of the %d training and validation images it was fitted on)",
+        "%.4f (recall >= %.2f); unfamiliar above a score of %.3f (%gth percentile of a "
+        "log-normal fitted to the out-of-fold scores of the %d training and validation images "
+        "it was fitted on)",
         chosen["val_images"], temperature, chosen["val_ece_before"], chosen["val_ece"],
         threshold, settings.recall, chosen["familiarity_threshold"], settings.percentile,
         chosen["familiarity_fit_images"],
