@@ -39,6 +39,7 @@ def train(cfg: DictConfig) -> float:
             "This experiment starts from a trained model: give init_from=CKPT, e.g. "
             "init_from=logs/train/<run>/checkpoints/best.ckpt"
         )
+    calibration = CalibrationSettings(**cfg.calibration)  # checked before any work
     if cfg.keep_freed_memory:
         keep_freed_memory()
     quiet_lightning(resuming=bool(cfg.resume))
@@ -79,8 +80,7 @@ def train(cfg: DictConfig) -> float:
     # chosen on the validation split and stored in best.ckpt, which test, eval, predict and
     # export then use.
     if trainer.is_global_zero:
-        settings = CalibrationSettings(**cfg.calibration)
-        write_calibration(best, kept, model, calibrate(model, datamodule, settings))
+        write_calibration(best, kept, model, calibrate(model, datamodule, calibration))
     trainer.strategy.barrier("calibration")
     if not trainer.is_global_zero:  # the calibration the first process chose and stored
         restore_weights(model, read_checkpoint(best), best)

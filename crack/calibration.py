@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchmetrics.functional.classification import binary_calibration_error
 
 from crack.atomic import atomic_path
+from crack.errors import UserError
 from crack.familiarity import block_statistics
 
 if TYPE_CHECKING:
@@ -92,6 +93,20 @@ class CalibrationSettings:
     temperature: bool = True  # fit a temperature on validation (false: keep 1)
     percentile: float = 99.0  # familiarity: flag above this percentile of out-of-fold scores
     max_images: int = 2000  # familiarity: at most this many training images (and every val one)
+
+    def __post_init__(self) -> None:
+        # Checked when train.py starts, not after training: a value no fit can use would
+        # otherwise end the run once its hours of work are done.
+        for option, value, low, high in (
+            ("recall", self.recall, 0, 1),
+            ("percentile", self.percentile, 0, 100),
+        ):
+            if not low < value <= high:
+                raise UserError(
+                    f"calibration.{option}={value}: give a number above {low}, at most {high}."
+                )
+        if self.max_images < 1:
+            raise UserError(f"calibration.max_images={self.max_images}: give at least 1.")
 
 
 def _described(model: CrackClassifier, images: Dataset, batch_size: int) -> torch.Tensor:

@@ -354,3 +354,13 @@ def test_adapt_starts_from_a_trained_model_and_keeps_its_last_epoch(demo_run, tm
     assert ",test," not in manifest  # every photo trains or calibrates
     best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
     assert best["epoch"] == 1 and "calibration" in best  # the last of 2 epochs
+
+
+def test_train_refuses_calibration_settings_no_fit_can_use_before_it_trains(tmp_path):
+    for override in ("calibration.percentile=0", "calibration.recall=1.5"):
+        result = run("train.py", "experiment=demo", override,
+                     f"hydra.run.dir={tmp_path / 'run'}", check=False)  # fmt: skip
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert len(errors) == 1 and override.split("=")[0] in errors[0], errors
+        assert not (tmp_path / "run" / "checkpoints").exists()  # stopped before any training
