@@ -146,8 +146,11 @@ def unfamiliar_summary(unfamiliar: int, total: int) -> str:
     """The line that says how many photos look unlike the training photos."""
     if not unfamiliar:
         return f"None of the {total} photos looks unlike the training photos."
+    share = unfamiliar / max(total, 1)
+    # One decimal below 10%: 1 photo of 1,000 is 0.1%, not "0%".
+    shown = f"{share:.1%}" if share < 0.1 else f"{share:.0%}"
     return (
-        f"{unfamiliar} of {total} photos ({unfamiliar / max(total, 1):.0%}) look unlike the "
+        f"{unfamiliar} of {total} photos ({shown}) look unlike the "
         "training photos (column unfamiliar=1): their predictions are not to be trusted; "
         "adapt the model to them (experiment=adapt) before relying on it."
     )

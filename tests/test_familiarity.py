@@ -7,7 +7,12 @@ from PIL import Image
 from torchmetrics.functional.classification import binary_auroc
 
 from crack.checkpoint import load_trained_model
-from crack.familiarity import Familiarity, block_statistics, lognormal_percentile
+from crack.familiarity import (
+    Familiarity,
+    block_statistics,
+    lognormal_percentile,
+    unfamiliar_summary,
+)
 from crack.synthetic import make_image
 
 
@@ -146,3 +151,10 @@ def test_photos_unlike_the_training_photos_are_flagged(trained_checkpoint):
     probs, again = model.predict_step(images, 0)
     torch.testing.assert_close(again, model.familiarity(_described(model, images)))
     assert probs.shape == (4,)
+
+
+def test_the_summary_line_counts_the_unfamiliar_photos_without_rounding_them_away():
+    assert unfamiliar_summary(0, 40) == "None of the 40 photos looks unlike the training photos."
+    assert unfamiliar_summary(1, 1000).startswith("1 of 1000 photos (0.1%) look unlike")
+    assert unfamiliar_summary(153, 4400).startswith("153 of 4400 photos (3.5%) look unlike")
+    assert unfamiliar_summary(8, 10).startswith("8 of 10 photos (80%) look unlike")
