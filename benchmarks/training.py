@@ -453,8 +453,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     plain = results["plain"]["seconds"]
     results["speedup_frozen"] = round(plain / results["frozen"]["seconds"], 2)
     results["speedup_finetune"] = round(plain / results["finetune"]["seconds"], 2)
-    for name in ("finetune_fp32", "finetune_bf16")[: 2 if bf16 else 1]:
-        results[f"speedup_{name}"] = round(plain / results[name]["seconds"], 2)
+    for name in ("finetune_fp32", "finetune_bf16"):
+        if name in results:  # finetune_bf16: not where skipped
+            results[f"speedup_{name}"] = round(plain / results[name]["seconds"], 2)
     results["frozen_over_floor"] = round(
         results["frozen"]["seconds"] / results["floor"]["seconds"], 2
     )

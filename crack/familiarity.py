@@ -63,8 +63,15 @@ class Familiarity(nn.Module):
         """Fit mean and principal directions on the rows of ``train``."""
         self._fit_moments(*_moments(train.double()))
 
-    def _fit_moments(self, count: int, total: torch.Tensor, products: torch.Tensor) -> None:
-        """Fit mean and principal directions on rows with these `_moments` (float64)."""
+    def _fit_moments(
+        self,
+        count: int,
+        total: torch.Tensor,
+        products: torch.Tensor,
+        origin: torch.Tensor | None = None,
+    ) -> None:
+        """Fit mean and principal directions on rows with these `_moments` (float64), taken
+        of the rows less ``origin`` (None: of the rows themselves)."""
         mean = total / count
         covariance = (products - count * torch.outer(mean, mean)) / max(1, count - 1)
         # Eigenvalues of the covariance are the variances along each direction, in rising
@@ -79,7 +86,7 @@ class Familiarity(nn.Module):
         keep = min(self.projection.shape[1], int((variance > 1e-12 * variance[0]).sum()))
         projection = torch.zeros_like(self.projection, dtype=torch.float64)
         projection[:, :keep] = directions[:, :keep] / variance[:keep].sqrt()
-        self.mean.copy_(mean.float())
+        self.mean.copy_((mean if origin is None else mean + origin).float())
         self.projection.copy_(projection.float())
         self.used.fill_(max(1, keep))
 
@@ -105,11 +112,9 @@ class Familiarity(nn.Module):
         moments = [_moments(photos[fold::folds].double() - shift) for fold in range(folds)]
         unseen = []
         for fold in range(folds):
-            self._fit_moments(*_summed(m for i, m in enumerate(moments) if i != fold))
-            self.mean.add_(shift.float())
+            self._fit_moments(*_summed(m for i, m in enumerate(moments) if i != fold), shift)
             unseen.append(self(photos[fold::folds]))
-        self._fit_moments(*_summed(moments))
-        self.mean.add_(shift.float())
+        self._fit_moments(*_summed(moments), shift)
         self.threshold.copy_(lognormal_percentile(torch.cat(unseen), percentile))
 
 
